@@ -57,7 +57,7 @@ class NatsServer:
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
-            'listen: "127.0.0.1:%d"' % self.port,
+            f'listen: "127.0.0.1:{self.port}"',
             f'pid_file: "{self.pid_path}"',
         ]
         if self.jetstream:

@@ -89,7 +89,9 @@ class PgInstall:
             _make_readable(self.root)
 
 
-def _link_entries(source: Path, target: Path, except_names: frozenset[str] | set[str] = frozenset()) -> None:
+def _link_entries(
+    source: Path, target: Path, except_names: frozenset[str] | set[str] = frozenset()
+) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         if entry.name not in except_names:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack.nats import NatsServer
 from devstack.osuser import service_user_can_reach
@@ -72,7 +73,7 @@ class Stack:
     def env_path(self) -> Path:
         return self.state_dir / "env"
 
-    def _read_state(self) -> dict[str, object]:
+    def _read_state(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self.state_path.read_text()))
         except (OSError, ValueError):

@@ -49,12 +49,15 @@ CATALOG_USER_MAPPING = 1418  # pg_user_mapping
 OptionKind = Literal["wrapper", "server", "user_mapping", "other"]
 
 
+_CATALOG_KINDS: dict[int, OptionKind] = {
+    CATALOG_WRAPPER: "wrapper",
+    CATALOG_SERVER: "server",
+    CATALOG_USER_MAPPING: "user_mapping",
+}
+
+
 def kind_of_catalog(catalog_oid: int) -> OptionKind:
-    return {
-        CATALOG_WRAPPER: "wrapper",
-        CATALOG_SERVER: "server",
-        CATALOG_USER_MAPPING: "user_mapping",
-    }.get(catalog_oid, "other")
+    return _CATALOG_KINDS.get(catalog_oid, "other")
 
 
 @dataclass(frozen=True)
@@ -255,9 +258,7 @@ def _server_part(options: Mapping[str, str]) -> dict[str, Any]:
         try:
             part["notify_subject"] = validate_publish_subject(options["notify_subject"])
         except Exception as exc:
-            raise InvalidOptionValue(
-                f'invalid value for option "notify_subject": {exc}'
-            ) from None
+            raise InvalidOptionValue(f'invalid value for option "notify_subject": {exc}') from None
     if "connect_timeout" in options:
         part["connect_timeout_ms"] = _positive_int("connect_timeout", options["connect_timeout"])
     if "request_timeout" in options:

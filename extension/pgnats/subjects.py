@@ -25,8 +25,7 @@ def _check_common(subject: str | None, what: str) -> str:
     for ch in subject:
         if ch.isspace() or ord(ch) < 32 or ord(ch) == 127:
             raise InvalidInput(
-                f"invalid {what} {subject!r}: contains whitespace or a control character "
-                f"({ch!r})",
+                f"invalid {what} {subject!r}: contains whitespace or a control character ({ch!r})",
                 hint="NATS subjects are dot-separated tokens such as orders.new",
             )
     if len(subject.encode("utf-8")) > MAX_SUBJECT_BYTES:
@@ -60,9 +59,7 @@ def validate_subscribe_subject(subject: str | None, what: str = "subject") -> st
     for position, token in enumerate(tokens):
         if token in ("*", ">"):
             if token == ">" and position != len(tokens) - 1:
-                raise InvalidInput(
-                    f"invalid {what} {subject!r}: '>' must be the last token"
-                )
+                raise InvalidInput(f"invalid {what} {subject!r}: '>' must be the last token")
             continue
         if "*" in token or ">" in token:
             raise InvalidInput(
