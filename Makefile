@@ -31,7 +31,7 @@ pgnats_pydir = $(datadir)/pgnats/python
 install: install-python
 uninstall: uninstall-python
 
-.PHONY: install-python uninstall-python setup demo test stack-up stack-down lint
+.PHONY: install-python uninstall-python setup demo test stack-up stack-down lint dist
 
 install-python:
 	rm -rf '$(DESTDIR)$(pgnats_pydir)'
@@ -61,3 +61,8 @@ lint:
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
+
+# A PGXN distribution (zip of the committed tree), installable with `pgxn install <zip>`.
+dist:
+	mkdir -p dist
+	git archive --format zip --prefix=pgnats-1.0.0/ -o dist/pgnats-1.0.0.zip HEAD
