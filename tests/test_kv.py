@@ -49,8 +49,7 @@ def test_json_keeps_its_text(conn: Conn, bucket: str) -> None:
 
 def test_revisions_increase_per_bucket(conn: Conn, bucket: str) -> None:
     revisions = [
-        scalar(conn, "SELECT nats_put_text(%s, %s, 'v')", (bucket, key))
-        for key in ("a", "b", "a")
+        scalar(conn, "SELECT nats_put_text(%s, %s, 'v')", (bucket, key)) for key in ("a", "b", "a")
     ]
     assert revisions == [1, 2, 3]
     assert scalar(conn, "SELECT pg_typeof(nats_put_text(%s, 'a', 'v'))::text", (bucket,)) == (

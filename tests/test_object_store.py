@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.js import JetStreamContext
@@ -51,7 +51,7 @@ def test_five_megabyte_round_trip(conn: Conn, nats_url: str, store: str) -> None
 
 
 def test_info_columns(conn: Conn, store: str) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     conn.execute("SELECT nats_put_file(%s, 'dir/a.txt', 'hello'::bytea)", (store,))
     cursor = conn.execute("SELECT * FROM nats_get_file_info(%s, 'dir/a.txt')", (store,))
     columns = [column.name for column in cursor.description or []]
@@ -73,7 +73,7 @@ def test_info_columns(conn: Conn, store: str) -> None:
     nuid = row.pop("nuid")
     modified = row.pop("modified")
     assert isinstance(nuid, str) and len(nuid) == 22
-    assert before - timedelta(seconds=1) <= modified <= datetime.now(timezone.utc)
+    assert before - timedelta(seconds=1) <= modified <= datetime.now(UTC)
     assert row == {
         "name": "dir/a.txt",
         "description": None,
@@ -88,9 +88,7 @@ def test_info_columns(conn: Conn, store: str) -> None:
     }
 
 
-def test_info_keeps_fields_written_by_other_clients(
-    conn: Conn, nats_url: str, store: str
-) -> None:
+def test_info_keeps_fields_written_by_other_clients(conn: Conn, nats_url: str, store: str) -> None:
     conn.execute("SELECT nats_put_file(%s, 'doc', 'x'::bytea)", (store,))
 
     async def annotate(js: JetStreamContext) -> None:

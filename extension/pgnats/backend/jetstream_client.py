@@ -56,6 +56,11 @@ WAKE_STEPS = 3
 DISCARD_GRACE = 0.2
 
 
+# Errors PostgreSQL raised (check_for_interrupts raises plpy.SPIError, which is not a
+# plpy.Error): they pass through unchanged, so a cancel keeps its SQLSTATE 57014.
+POSTGRES_ERRORS = (plpy.Error, plpy.SPIError)
+
+
 class StaleConnection(Exception):
     """The cached client turned out to be unusable before anything was sent on it."""
 
@@ -88,10 +93,10 @@ class Connection:
     object_stores: dict[str, ObjectStore] = field(default_factory=dict)
 
     @property
-    def jetstream_enabled(self) -> bool | None:
+    def jetstream_enabled(self) -> bool:
+        """What the server's INFO says (servers without JetStream leave the field out)."""
         info = getattr(self.nc, "_server_info", None) or {}
-        value = info.get("jetstream")
-        return None if value is None else bool(value)
+        return bool(info.get("jetstream", False))
 
     @property
     def max_payload(self) -> int:
@@ -159,7 +164,7 @@ class JetStreamSession:
                 self.discard()
                 connection = self._connect(settings)
                 return self._run_on(connection, operation(connection), timeout)
-        except plpy.Error:
+        except POSTGRES_ERRORS:
             raise  # a cancel or statement_timeout from check_for_interrupts: keep its SQLSTATE
         except Exception as exc:
             raise translate(
@@ -208,7 +213,7 @@ class JetStreamSession:
                     client.connect(**self._connect_kwargs(settings, url)),
                     timeout=timeout,
                 )
-            except plpy.Error:
+            except POSTGRES_ERRORS:
                 self._abandon(client)
                 raise
             except Exception as exc:

@@ -44,7 +44,7 @@ async def _bucket(connection: Connection, name: str, *, create: bool) -> KeyValu
 
 def _bucket_vanished(connection: Connection, name: str, exc: Exception, was_known: bool) -> bool:
     """True when ``exc`` says the remembered bucket ``name`` no longer exists (and forget it)."""
-    if not (was_known and is_stream_missing(exc) and connection.jetstream_enabled is not False):
+    if not (was_known and is_stream_missing(exc) and connection.jetstream_enabled):
         return False
     connection.key_values.pop(name, None)
     return True

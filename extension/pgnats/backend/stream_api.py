@@ -58,7 +58,7 @@ def publish_stream(kind: PayloadKind, subject: Any, payload: Any, headers: Any) 
         try:
             await connection.js.publish(subject, data, headers=header_lines)
         except nats.js.errors.NoStreamResponseError:
-            if connection.jetstream_enabled is False:
+            if not connection.jetstream_enabled:
                 raise
             raise NoStream(
                 f'{action}: no stream captures subject "{subject}"',
