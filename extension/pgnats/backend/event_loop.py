@@ -72,18 +72,32 @@ def run_sliced(
     """
     task = loop.create_task(coro)
     deadline = None if timeout is None else time.monotonic() + timeout
+    # Each slice is run_forever() until the task is done or the slice is over (cheaper than
+    # run_until_complete(asyncio.wait(...)), which makes two more tasks per slice).
+    slicing = True
+
+    def stop_when_done(_task: asyncio.Future[T]) -> None:
+        if slicing:
+            loop.stop()
+
+    task.add_done_callback(stop_when_done)
     try:
         while True:
             piece = CHECK_INTERVAL
             if deadline is not None:
                 piece = min(piece, max(0.0, deadline - time.monotonic()))
-            loop.run_until_complete(asyncio.wait((task,), timeout=piece))
+            timer = loop.call_later(piece, loop.stop)
+            try:
+                loop.run_forever()
+            finally:
+                timer.cancel()
             if task.done():
                 return task.result()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no result within {timeout:.3f} s")
             check_for_interrupts()
     finally:
+        slicing = False  # a done callback still queued must not stop a later run
         if not task.done():
             task.cancel()
             settle(loop, task, CANCEL_GRACE)
