@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -145,3 +150,65 @@ def test_each_flavour_checks_null_payload(conn: Conn) -> None:
             "22004",
             "payload must not be NULL",
         )
+
+
+def test_stream_refuses_the_message(conn: Conn, nats_url: str) -> None:
+    name = unique("SMALL")
+
+    async def add(js: JetStreamContext) -> None:
+        await js.add_stream(name=name, subjects=[f"{name.lower()}.>"], max_msg_size=8)
+
+    with_jetstream(nats_url, add)
+    assert_sql_error(
+        conn,
+        "SELECT nats_publish_text_stream(%s, 'longer than eight bytes')",
+        (f"{name.lower()}.x",),
+        "PN000",
+        "JetStream refused it: message size exceeds maximum allowed (error 10054)",
+    )
+
+
+@contextmanager
+def junk_responder(url: str, subject: str) -> Iterator[None]:
+    """A core NATS service on ``subject`` that answers every request with "pong"."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.recv(4096)  # INFO
+    sock.sendall(
+        f'CONNECT {{"verbose":false,"headers":true}}\r\nSUB {subject} 1\r\nPING\r\n'.encode()
+    )
+
+    def answer() -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+                for line in buffer.split(b"\r\n"):
+                    parts = line.split()
+                    if parts[:1] in ([b"MSG"], [b"HMSG"]) and len(parts) >= 5:
+                        sock.sendall(b"PUB " + parts[3] + b" 4\r\npong\r\n")
+                buffer = buffer[buffer.rfind(b"\r\n") + 2 :]
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sock.close()
+        thread.join(timeout=5)
+
+
+def test_reply_that_is_not_an_ack(conn: Conn, nats_url: str) -> None:
+    subject = unique("service") + ".ping"
+    with junk_responder(nats_url, subject):
+        error = assert_sql_error(
+            conn,
+            "SELECT nats_publish_text_stream(%s, 'x')",
+            (subject,),
+            "PN000",
+            "the reply is not a JetStream acknowledgement",
+        )
+    assert subject in (error.diag.message_hint or "")

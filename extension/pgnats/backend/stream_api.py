@@ -10,7 +10,7 @@ import nats.js.errors
 from pgnats.backend.jetstream_client import Connection, jetstream_session
 from pgnats.backend.payloads import Headers, PayloadKind, encode_payload, parse_headers
 from pgnats.backend.sql_errors import sql_function
-from pgnats.errors import NoStream
+from pgnats.errors import NoStream, PgnatsError
 from pgnats.subjects import validate_publish_subject
 
 
@@ -57,6 +57,12 @@ def publish_stream(kind: PayloadKind, subject: Any, payload: Any, headers: Any) 
     async def publish(connection: Connection) -> None:
         try:
             await connection.js.publish(subject, data, headers=header_lines)
+        except (ValueError, KeyError, TypeError):
+            # nats-py could not read the reply as a PubAck: something else answered.
+            raise PgnatsError(
+                f"{action}: the reply is not a JetStream acknowledgement",
+                hint=f'is a core NATS subscriber answering requests on "{subject}"?',
+            ) from None
         except nats.js.errors.NoStreamResponseError:
             if not connection.jetstream_enabled:
                 raise
