@@ -318,3 +318,48 @@ def test_changed_settings_are_used_by_the_next_call(conn: Conn, private_nats: Na
     time.sleep(1.1)  # settings are re-read at most once a second (or by pgnats_reload_conf)
     assert scalar(conn, "SELECT nats_get_text(%s, 'k')", (bucket,)) is None
     assert scalar(conn, "SELECT nats_put_text(%s, 'k', 'private nats')", (bucket,)) == 1
+
+
+def test_server_crash_during_a_waiting_publish(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer
+) -> None:
+    subject = "silent.x"
+    with (
+        connect_to(stack, make_database, private_nats.url) as conn,
+        silent_subscriber(private_nats.url, subject),
+    ):
+        set_server_option(conn, "request_timeout", "20000")
+        conn.execute("SELECT nats_put_text('b', 'k', 'v')")  # connected
+        crash = threading.Timer(0.5, private_nats.kill)
+        crash.start()
+        started = time.monotonic()
+        try:
+            assert_sql_error(
+                conn,
+                "SELECT nats_publish_text_stream(%s, 'x')",
+                (subject,),
+                "08006",
+                "the connection to NATS at "
+                f"{private_nats.url} was lost (nats: connection closed); it may or may not",
+            )
+        finally:
+            crash.join()
+        assert time.monotonic() - started < 0.5 + 0.5  # not the 20 s request_timeout
+        private_nats.start()
+        assert scalar(conn, "SELECT nats_get_text('b', 'k')") == "v"
+
+
+def test_statement_timeout_ends_a_waiting_connect(
+    stack: Stack, make_database: MakeDatabase
+) -> None:
+    with socket.socket() as listener:  # accepts connections (backlog) but never says INFO
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"nats://127.0.0.1:{listener.getsockname()[1]}"
+        with connect_to(stack, make_database, url) as conn:
+            set_server_option(conn, "connect_timeout", "20000")
+            conn.execute("SET statement_timeout = 300")
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT nats_put_text('b', 'k', 'v')")
+            assert time.monotonic() - started < 0.3 + 0.5

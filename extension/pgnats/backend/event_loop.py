@@ -63,12 +63,14 @@ def run_sliced(
     coro: Coroutine[Any, Any, T],
     *,
     timeout: float | None,
+    give_up: Callable[[], BaseException | None] | None = None,
 ) -> T:
     """Run ``coro`` to completion on ``loop`` and return its result.
 
     Raises ``TimeoutError`` once ``timeout`` seconds have passed (``None``: no limit of our
-    own), and whatever :func:`check_for_interrupts` raises when the statement is cancelled.
-    Either way the coroutine is cancelled before this returns.
+    own), whatever :func:`check_for_interrupts` raises when the statement is cancelled, and
+    the exception ``give_up()`` returns when it returns one (asked between slices). In each
+    case the coroutine is cancelled before this returns.
     """
     task = loop.create_task(coro)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -95,6 +97,9 @@ def run_sliced(
                 return task.result()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no result within {timeout:.3f} s")
+            reason = give_up() if give_up is not None else None
+            if reason is not None:
+                raise reason
             check_for_interrupts()
     finally:
         slicing = False  # a done callback still queued must not stop a later run

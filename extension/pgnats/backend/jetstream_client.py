@@ -175,8 +175,13 @@ class JetStreamSession:
         async def wrapped() -> T:
             return await coro
 
+        def connection_closed() -> BaseException | None:
+            # nats-py leaves a request waiting for its timeout when the connection closes
+            # under it (a server crash, say): fail the call now instead.
+            return nats.errors.ConnectionClosedError() if connection.nc.is_closed else None
+
         try:
-            result = run_sliced(self.loop, wrapped(), timeout=timeout)
+            result = run_sliced(self.loop, wrapped(), timeout=timeout, give_up=connection_closed)
         except BaseException as exc:
             if not keeps_connection(exc):
                 self.discard()
