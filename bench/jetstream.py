@@ -152,7 +152,9 @@ def bench_kv_get(conn: Conn, baseline: Baseline, n: int, round_no: int) -> tuple
 def bench_files(conn: Conn, baseline: Baseline, megabytes: int) -> dict[str, tuple[float, float]]:
     content = os.urandom(megabytes * 1024 * 1024)
     digest = hashlib.sha256(content).digest()
-    put_sql = timed(lambda: conn.execute("SELECT nats_put_file('sqlfiles', 'f', %s)", (content,)), megabytes)
+    put_sql = timed(
+        lambda: conn.execute("SELECT nats_put_file('sqlfiles', 'f', %s)", (content,)), megabytes
+    )
     returned: list[bytes] = []
 
     def get_sql() -> None:
