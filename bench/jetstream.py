@@ -159,7 +159,7 @@ def bench_files(conn: Conn, baseline: Baseline, megabytes: int) -> dict[str, tup
 
     def get_sql() -> None:
         row = conn.execute("SELECT nats_get_file('sqlfiles', 'f')").fetchone()
-        returned.append(bytes(row[0]) if row else b"")
+        returned.append(row[0] if row and isinstance(row[0], bytes) else b"")
 
     get_sql_rate = timed(get_sql, megabytes)
     check(hashlib.sha256(returned[0]).digest() == digest, "SQL get_file returned other bytes")
