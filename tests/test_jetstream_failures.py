@@ -363,3 +363,39 @@ def test_statement_timeout_ends_a_waiting_connect(
             with pytest.raises(psycopg.errors.QueryCanceled):
                 conn.execute("SELECT nats_put_text('b', 'k', 'v')")
             assert time.monotonic() - started < 0.3 + 0.5
+
+
+def test_next_server_of_a_cluster_list(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    with connect_to(stack, make_database, f"{dead},{private_nats.url}") as conn:
+        assert scalar(conn, "SELECT nats_put_text('b', 'k', 'v')") == 1
+
+
+def test_credentials_from_the_user_mapping(
+    stack: Stack, make_database: MakeDatabase, tmp_path: Path
+) -> None:
+    server = NatsServer(
+        port=free_port(),
+        workdir=tmp_path / "auth",
+        extra_config="authorization { user: app, password: s3cret }",
+    )
+    server.start()
+    try:
+        with connect_to(stack, make_database, server.url) as conn:
+            assert_sql_error(
+                conn,
+                "SELECT nats_put_text('b', 'k', 'v')",
+                (),
+                "08001",
+                "Authorization Violation",
+            )
+            conn.execute(
+                "CREATE USER MAPPING FOR CURRENT_USER SERVER nats_server "
+                "OPTIONS (user 'app', password 's3cret')"
+            )
+            time.sleep(1.1)  # settings are re-read at most once a second
+            assert scalar(conn, "SELECT nats_put_text('b', 'k', 'v')") == 1
+    finally:
+        server.stop()

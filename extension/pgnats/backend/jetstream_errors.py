@@ -26,6 +26,7 @@ from pgnats.errors import (
 JS_NOT_ENABLED_FOR_ACCOUNT = 10039
 JS_NOT_ENABLED = 10076
 STREAM_NOT_FOUND = 10059
+STREAM_NAME_IN_USE = 10058
 
 _ANSWERS: tuple[type[BaseException], ...] = (
     nats.js.errors.APIError,
@@ -81,6 +82,12 @@ def is_stream_missing(exc: BaseException) -> bool:
             isinstance(exc, nats.js.errors.ServiceUnavailableError) and err_code is None
         )
     return False
+
+
+def is_name_in_use(exc: BaseException) -> bool:
+    """True when a stream could not be created because one of that name exists (another
+    client created the bucket or store a moment ago, with a configuration of its own)."""
+    return isinstance(exc, nats.js.errors.APIError) and _err_code(exc) == STREAM_NAME_IN_USE
 
 
 def jetstream_unavailable(situation: Situation) -> JetStreamUnavailable:

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from pgnats.backend.jetstream_client import Connection, jetstream_session
-from pgnats.backend.jetstream_errors import is_stream_missing
+from pgnats.backend.jetstream_errors import is_name_in_use, is_stream_missing
 from pgnats.backend.payloads import PayloadKind, decode_payload, encode_payload
 from pgnats.backend.sql_errors import sql_function
 from pgnats.errors import InvalidInput
@@ -33,7 +33,12 @@ async def _bucket(connection: Connection, name: str, *, create: bool) -> KeyValu
     except nats.js.errors.BucketNotFoundError:
         if not create:
             return None
-        bucket = await connection.js.create_key_value(bucket=name)
+        try:
+            bucket = await connection.js.create_key_value(bucket=name)
+        except nats.js.errors.APIError as exc:
+            if not is_name_in_use(exc):
+                raise
+            bucket = await connection.js.key_value(name)
     except nats.js.errors.BadBucketError:
         raise InvalidInput(
             f'"{name}" is not a key-value bucket: its stream KV_{name} keeps no per-key history'

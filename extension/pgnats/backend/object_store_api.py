@@ -32,7 +32,11 @@ from nats.js.object_store import (
 
 from pgnats.backend.event_loop import InlineSink
 from pgnats.backend.jetstream_client import Connection, jetstream_session
-from pgnats.backend.jetstream_errors import IncompleteDownload, is_stream_missing
+from pgnats.backend.jetstream_errors import (
+    IncompleteDownload,
+    is_name_in_use,
+    is_stream_missing,
+)
 from pgnats.backend.sql_errors import sql_function
 from pgnats.errors import NotFound, NullInput
 from pgnats.jetstream_names import validate_object_name, validate_store_name
@@ -50,7 +54,12 @@ async def _store(connection: Connection, name: str, *, create: bool) -> ObjectSt
     except nats.js.errors.BucketNotFoundError:
         if not create:
             return None
-        store = await connection.js.create_object_store(name)
+        try:
+            store = await connection.js.create_object_store(name)
+        except nats.js.errors.APIError as exc:
+            if not is_name_in_use(exc):
+                raise
+            store = await connection.js.object_store(name)
     connection.object_stores[name] = store
     return store
 
