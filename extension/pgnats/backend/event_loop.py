@@ -45,6 +45,9 @@ class InlineSink:
 
 
 class BackendEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, but writes to an :class:`InlineSink` do not go to a thread pool (other
+    executor work, such as resolving a host name, still does)."""
+
     def run_in_executor(  # type: ignore[override]
         self, executor: Executor | None, func: Callable[..., Any], *args: Any
     ) -> asyncio.Future[Any]:

@@ -14,7 +14,7 @@ restart, and settings can change. So, for every call:
    sending whatever it still has buffered, so a failed call can never publish later.
 
 Clients never reconnect in the background (nats-py would replay its buffer on reconnect),
-and a connect tries each configured server once, within ``connect_timeout``.
+and a connect tries the configured servers in turn, giving each ``connect_timeout``.
 """
 
 from __future__ import annotations
@@ -140,13 +140,12 @@ class JetStreamSession:
         action: str,
         operation: Callable[[Connection], Awaitable[T]],
         *,
-        timeout: float | None = None,
         may_have_happened: bool = False,
     ) -> T:
         """Run ``operation`` on a checked connection; errors come out as pgnats errors.
 
-        ``timeout`` bounds the whole call (nats-py bounds each request by itself with the
-        request_timeout setting); ``may_have_happened`` says the operation writes, so a
+        nats-py bounds each request by the request_timeout setting; a statement_timeout
+        bounds the call as a whole. ``may_have_happened`` says the operation writes, so a
         timeout or lost connection is reported as "may or may not have been stored".
         """
         settings = current_settings()
@@ -157,13 +156,13 @@ class JetStreamSession:
         try:
             if connection is None:
                 connection = self._connect(settings)
-                return self._run_on(connection, operation(connection), timeout)
+                return self._run_on(connection, operation(connection))
             try:
-                return self._run_on(connection, self._checked(connection, operation), timeout)
+                return self._run_on(connection, self._checked(connection, operation))
             except StaleConnection:
                 self.discard()
                 connection = self._connect(settings)
-                return self._run_on(connection, operation(connection), timeout)
+                return self._run_on(connection, operation(connection))
         except POSTGRES_ERRORS:
             raise  # a cancel or statement_timeout from check_for_interrupts: keep its SQLSTATE
         except Exception as exc:
@@ -171,7 +170,7 @@ class JetStreamSession:
                 exc, self.situation(action, may_have_happened=may_have_happened)
             ) from None
 
-    def _run_on(self, connection: Connection, coro: Awaitable[T], timeout: float | None) -> T:
+    def _run_on(self, connection: Connection, coro: Awaitable[T]) -> T:
         async def wrapped() -> T:
             return await coro
 
@@ -181,7 +180,7 @@ class JetStreamSession:
             return nats.errors.ConnectionClosedError() if connection.nc.is_closed else None
 
         try:
-            result = run_sliced(self.loop, wrapped(), timeout=timeout, give_up=connection_closed)
+            result = run_sliced(self.loop, wrapped(), timeout=None, give_up=connection_closed)
         except BaseException as exc:
             if not keeps_connection(exc):
                 self.discard()
@@ -206,7 +205,7 @@ class JetStreamSession:
         return await operation(connection)
 
     def _connect(self, settings: ConnectSettings) -> Connection:
-        """Connect to the first server that accepts, trying each once."""
+        """Connect to the first server that accepts, in the order configured."""
         failures: list[str] = []
         timeout = settings.connect_timeout_ms / 1000
         for url in settings.servers:
