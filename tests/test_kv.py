@@ -152,6 +152,18 @@ def test_not_utf8_read_as_text(conn: Conn, bucket: str) -> None:
     assert scalar(conn, "SELECT nats_get_binary(%s, 'raw')", (bucket,)) == b"\xff\x00"
 
 
+@pytest.mark.parametrize("kind", ["text", "json", "jsonb"])
+def test_nul_byte_read_as_text(conn: Conn, bucket: str, kind: str) -> None:
+    conn.execute("SELECT nats_put_binary(%s, 'nul', '\\x610062'::bytea)", (bucket,))
+    assert_sql_error(
+        conn,
+        f"SELECT nats_get_{kind}(%s, 'nul')",
+        (bucket,),
+        "22023",
+        f'the value of key "nul" in bucket "{bucket}" contains a NUL byte (byte 1)',
+    )
+
+
 @pytest.mark.parametrize("kind", ["json", "jsonb"])
 def test_not_json_read_as_json(conn: Conn, bucket: str, kind: str) -> None:
     conn.execute("SELECT nats_put_text(%s, 't', 'not json')", (bucket,))
