@@ -421,3 +421,22 @@ def test_server_crash_during_a_file_download(
             )
         finally:
             crash.join()
+
+
+def test_library_logging_stays_out_of_the_server_log(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer
+) -> None:
+    with connect_to(stack, make_database, private_nats.url) as conn:
+        log_start = stack.postgres.log_path.stat().st_size
+        conn.execute("SELECT nats_put_text('b', 'k', 'v')")
+        private_nats.kill()
+        assert_sql_error(conn, "SELECT nats_put_text('b', 'k', 'v')", (), "08001", "refused")
+        private_nats.start()
+        conn.execute("SELECT nats_put_text('b', 'k', 'v')")
+        # Disconnect with the connection cached: the session ends with the client in place.
+    time.sleep(0.3)
+    with stack.postgres.log_path.open("rb") as log:
+        log.seek(log_start)
+        written = log.read().decode(errors="replace")
+    for noise in ("Task exception", "Exception in callback", "nats: ", "asyncio"):
+        assert noise not in written.replace("pgnats: ", ""), written
