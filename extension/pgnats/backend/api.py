@@ -6,9 +6,51 @@ are re-exported here, so this file is the index of the SQL interface.
 
 from __future__ import annotations
 
+from pgnats.backend.kv_api import (
+    nats_delete_value,
+    nats_get_binary,
+    nats_get_json,
+    nats_get_jsonb,
+    nats_get_text,
+    nats_put_binary,
+    nats_put_json,
+    nats_put_jsonb,
+    nats_put_text,
+)
 from pgnats.backend.meta_api import fdw_validator, pgnats_version
+from pgnats.backend.object_store_api import (
+    nats_delete_file,
+    nats_get_file,
+    nats_get_file_info,
+    nats_get_file_list,
+    nats_put_file,
+)
+from pgnats.backend.stream_api import (
+    nats_publish_binary_stream,
+    nats_publish_json_stream,
+    nats_publish_jsonb_stream,
+    nats_publish_text_stream,
+)
 
 __all__ = [
     "fdw_validator",
+    "nats_delete_file",
+    "nats_delete_value",
+    "nats_get_binary",
+    "nats_get_file",
+    "nats_get_file_info",
+    "nats_get_file_list",
+    "nats_get_json",
+    "nats_get_jsonb",
+    "nats_get_text",
+    "nats_publish_binary_stream",
+    "nats_publish_json_stream",
+    "nats_publish_jsonb_stream",
+    "nats_publish_text_stream",
+    "nats_put_binary",
+    "nats_put_file",
+    "nats_put_json",
+    "nats_put_jsonb",
+    "nats_put_text",
     "pgnats_version",
 ]

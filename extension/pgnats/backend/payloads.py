@@ -33,6 +33,12 @@ def decode_payload(kind: PayloadKind, data: bytes, what: str = "value") -> Any:
         raise InvalidInput(
             f"{what} is not valid UTF-8 (byte {exc.start}); read it as binary instead"
         ) from None
+    if "\x00" in text:
+        # PL/Python would silently cut the text at the NUL: PostgreSQL text cannot hold one.
+        raise InvalidInput(
+            f"{what} contains a NUL byte (byte {text.index(chr(0))}), which text cannot hold; "
+            "read it as binary instead"
+        )
     if kind in ("json", "jsonb"):
         try:
             json.loads(text)
