@@ -1,0 +1,525 @@
+"""One connection to a NATS server, driven synchronously by the calls that use it.
+
+Inside a backend nothing runs between SQL calls, so this connection has no reader thread:
+every call first reads what the server sent meanwhile, without blocking (answering PINGs,
+noticing that the server closed the connection), then sends its frame. The socket is always
+non-blocking; every wait is a ``poll`` cut into slices of ``check_interval`` seconds with
+``check_interrupts()`` between them, so that a cancel request ends it promptly, and every
+wait has a deadline.
+
+After any error that may have left the stream out of step (a frame sent in part, a
+protocol error, an error reported by the server) the connection closes itself: its owner
+makes a new one, and nothing half-sent is ever reused.
+
+Plain Python: no ``plpy`` here, the interrupt check is passed in.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import secrets
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pgnats import __version__
+from pgnats.backend import nats_protocol as proto
+from pgnats.backend.nats_auth import auth_options
+from pgnats.config import ConnectSettings, Endpoint
+from pgnats.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    NatsTimeout,
+    NoResponders,
+    PayloadTooLarge,
+    PgnatsError,
+)
+
+InterruptCheck = Callable[[], None]
+
+READ_SIZE = 256 * 1024
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+INBOX_SID = b"1"
+SQLSTATE_AUTH_FAILED = "28000"  # invalid_authorization_specification
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_WRITE_EVENTS = select.POLLOUT | select.POLLERR | select.POLLHUP
+
+
+class ServerError(PgnatsError):
+    """The server answered with ``-ERR``."""
+
+    def __init__(self, server_message: str, **kwargs: Any) -> None:
+        super().__init__(f"the NATS server reported an error: {server_message}", **kwargs)
+        self.server_message = server_message
+
+
+def _is_auth_error(message: str) -> bool:
+    lowered = message.lower()
+    return "authorization" in lowered or "authentication" in lowered
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class NatsConnection:
+    """A connected, handshaken NATS connection. Make one with :meth:`open`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        endpoint: Endpoint,
+        settings: ConnectSettings,
+        info: dict[str, Any],
+        parser: proto.Parser,
+        check_interrupts: InterruptCheck,
+        check_interval: float,
+    ) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.info = info
+        self.closed = False
+        self._sock = sock
+        self._parser = parser
+        self._check_interrupts = check_interrupts
+        self._check_interval = check_interval
+        self._readable = select.poll()
+        self._readable.register(sock.fileno(), _READ_EVENTS)
+        self._writable = select.poll()
+        self._writable.register(sock.fileno(), _WRITE_EVENTS)
+        self._owed_pongs = 0
+        self._pongs = 0
+        # Requests: one wildcard subscription, made with the first request; each request
+        # waits for its own reply subject, so a late reply to an earlier one is dropped.
+        self._inbox = b"_INBOX." + secrets.token_hex(11).encode()
+        self._inbox_subscribed = False
+        self._request_numbers = itertools.count(1)
+        self._awaited_reply: bytes | None = None
+        self._reply: proto.Msg | None = None
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        settings: ConnectSettings,
+        *,
+        name: str,
+        check_interrupts: InterruptCheck,
+        check_interval: float,
+    ) -> NatsConnection:
+        """Connect to the first endpoint of ``settings`` that works, each within
+        ``connect_timeout``; raise :class:`ConnectFailed` naming every failure."""
+        failures: list[tuple[Endpoint, ConnectFailed]] = []
+        for endpoint in settings.endpoints:
+            opener = _Opener(settings, endpoint, name, check_interrupts, check_interval)
+            try:
+                return opener.open()
+            except ConnectFailed as exc:
+                failures.append((endpoint, exc))
+        reasons = "; ".join(f"{where.url}: {error.message}" for where, error in failures)
+        if len(failures) == 1:
+            message = f"could not connect to NATS at {reasons}"
+        else:
+            message = f"could not connect to any NATS server ({reasons})"
+        auth_only = all(error.sqlstate == SQLSTATE_AUTH_FAILED for _, error in failures)
+        raise ConnectFailed(
+            message,
+            hint=failures[-1][1].hint,
+            sqlstate=SQLSTATE_AUTH_FAILED if auth_only else None,
+        )
+
+    # -- the operations -----------------------------------------------------------------
+    @property
+    def max_payload(self) -> int:
+        return int(self.info.get("max_payload") or DEFAULT_MAX_PAYLOAD)
+
+    @property
+    def client_id(self) -> int | None:
+        value = self.info.get("client_id")
+        return int(value) if value is not None else None
+
+    def read_pending(self) -> None:
+        """Read what the server sent since the last call, without waiting.
+
+        Raises :class:`ConnectionLost` when the server closed the connection (restarted, or
+        dropped it as idle), and :class:`ServerError` for an error it reported meanwhile.
+        """
+        while self._readable.poll(0):
+            self._read_available()
+
+    def publish(
+        self,
+        subject: bytes,
+        reply: bytes | None,
+        header_block: bytes | None,
+        payload: bytes,
+        send_timeout: float,
+    ) -> None:
+        if header_block is None:
+            self._check_size(len(payload))
+            frame = proto.pub_frame(subject, reply, payload)
+        else:
+            self._check_headers_supported()
+            self._check_size(len(header_block) + len(payload))
+            frame = proto.hpub_frame(subject, reply, header_block, payload)
+        self._send(frame, send_timeout)
+
+    def request(self, subject: bytes, payload: bytes, timeout: float) -> bytes:
+        """Publish with a reply subject of our own and wait up to ``timeout`` s for the reply."""
+        self._check_size(len(payload))
+        deadline = time.monotonic() + timeout
+        reply = b"%b.%d" % (self._inbox, next(self._request_numbers))
+        frame = proto.pub_frame(subject, reply, payload)
+        if not self._inbox_subscribed:
+            frame = proto.sub_frame(self._inbox + b".*", INBOX_SID) + frame
+        self._awaited_reply = reply
+        self._reply = None
+        try:
+            self._send(frame, timeout)
+            self._inbox_subscribed = True
+            while self._reply is None:
+                if not self._wait(self._readable, deadline):
+                    raise NatsTimeout(
+                        f"no reply to the request on {subject.decode()!r} within {_ms(timeout)} ms"
+                    )
+                self._read_available()
+                self._pay_pongs(deadline)
+            message = self._reply
+        finally:
+            self._awaited_reply = None
+            self._reply = None
+        return self._reply_payload(subject, message)
+
+    def ping(self, timeout: float, before: bytes = b"") -> None:
+        """A round trip to the server (after sending ``before``): proves the connection
+        works and brings any INFO the server sent meanwhile."""
+        deadline = time.monotonic() + timeout
+        expected = self._pongs + 1
+        self._send(before + proto.PING, timeout)
+        while self._pongs < expected:
+            if not self._wait(self._readable, deadline):
+                self.close()
+                raise NatsTimeout(f"the NATS server did not answer a PING within {_ms(timeout)} ms")
+            self._read_available()
+            self._pay_pongs(deadline)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+
+    # -- helpers ------------------------------------------------------------------------
+    def _check_size(self, size: int) -> None:
+        if size > self.max_payload:
+            raise PayloadTooLarge(
+                f"message of {size} bytes is larger than the NATS server's max_payload "
+                f"({self.max_payload} bytes)",
+                hint="the payload and the headers count together",
+            )
+
+    def _check_headers_supported(self) -> None:
+        if not self.info.get("headers"):
+            raise PgnatsError(
+                f"the NATS server at {self.endpoint.url} does not support headers",
+                sqlstate="0A000",
+            )
+
+    @staticmethod
+    def _reply_payload(subject: bytes, message: proto.Msg) -> bytes:
+        if message.header_block is not None and not message.payload:
+            status = proto.header_status(message.header_block)
+            if status.code == 503:
+                raise NoResponders(
+                    f"no responders are subscribed to {subject.decode()!r}",
+                    hint="nothing listens on that subject, so the request cannot be answered",
+                )
+            if status.code is not None and status.code >= 400:
+                raise PgnatsError(
+                    f"the request on {subject.decode()!r} failed with NATS status "
+                    f"{status.code} {status.description}".rstrip()
+                )
+        return message.payload
+
+    def _lost(self, reason: str) -> ConnectionLost:
+        self.close()
+        return ConnectionLost(f"connection to NATS at {self.endpoint.url} lost: {reason}")
+
+    def _read_available(self) -> None:
+        """Read once what the socket has (and what TLS has buffered) and handle it."""
+        if self.closed:
+            raise self._lost("it was closed after an earlier error")
+        try:
+            data = self._sock.recv(READ_SIZE)
+            if isinstance(self._sock, ssl.SSLSocket):
+                while self._sock.pending():
+                    data += self._sock.recv(READ_SIZE)
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:
+            raise self._lost(exc.strerror or str(exc)) from None
+        if not data:
+            raise self._lost("the server closed the connection")
+        try:
+            events = self._parser.feed(data)
+        except proto.ProtocolError as exc:
+            self.close()
+            raise PgnatsError(f"NATS protocol error from {self.endpoint.url}: {exc}") from None
+        for event in events:
+            self._handle(event)
+
+    def _handle(self, event: proto.Event) -> None:
+        if isinstance(event, proto.Msg):
+            if event.sid == INBOX_SID and event.subject == self._awaited_reply:
+                self._reply = event
+            # Anything else is a late reply to a request that already gave up: dropped.
+        elif isinstance(event, proto.Ping):
+            self._owed_pongs += 1
+        elif isinstance(event, proto.Pong):
+            self._pongs += 1
+        elif isinstance(event, proto.Info):
+            self.info.update(event.fields)
+        elif isinstance(event, proto.Err):
+            if "stale connection" in event.message.lower():
+                raise self._lost("the server dropped it as idle (Stale Connection)")
+            self.close()
+            raise ServerError(
+                event.message,
+                detail="A publish does not wait for the server, so this error may be about "
+                "an earlier message of this session.",
+            )
+
+    def _pay_pongs(self, deadline: float) -> None:
+        if self._owed_pongs:
+            self._send(b"", max(deadline - time.monotonic(), self._check_interval))
+
+    def _send(self, data: bytes, timeout: float) -> None:
+        """Send all of ``data`` (plus any PONG we owe) within ``timeout`` seconds."""
+        if self.closed:
+            raise self._lost("it was closed after an earlier error")
+        if self._owed_pongs:
+            data = proto.PONG * self._owed_pongs + data
+            self._owed_pongs = 0
+        try:
+            sent = self._sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError as exc:
+            raise self._lost(exc.strerror or str(exc)) from None
+        if sent < len(data):
+            self._send_rest(memoryview(data)[sent:], time.monotonic() + timeout)
+
+    def _send_rest(self, rest: memoryview, deadline: float) -> None:
+        try:
+            while rest:
+                if not self._wait(self._writable, deadline):
+                    raise self._lost("timed out sending to the server")
+                try:
+                    rest = rest[self._sock.send(rest) :]
+                except _WOULD_BLOCK:
+                    continue
+        except OSError as exc:
+            raise self._lost(exc.strerror or str(exc)) from None
+        except BaseException:
+            # Interrupted part way through a frame: the stream is unusable now.
+            self.close()
+            raise
+
+    def _wait(self, poller: select.poll, deadline: float) -> bool:
+        return _wait_for(poller, deadline, self._check_interrupts, self._check_interval)
+
+
+def _wait_for(
+    poller: select.poll, deadline: float, check_interrupts: InterruptCheck, interval: float
+) -> bool:
+    """Wait until ``poller`` has an event (True) or ``deadline`` passes (False), checking
+    for interrupts every ``interval`` seconds."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(min(remaining, interval) * 1000):
+            return True
+        check_interrupts()
+
+
+class _Opener:
+    """Connecting to one endpoint: TCP, the server's INFO, TLS, CONNECT and the first PONG,
+    all before one deadline."""
+
+    def __init__(
+        self,
+        settings: ConnectSettings,
+        endpoint: Endpoint,
+        name: str,
+        check_interrupts: InterruptCheck,
+        check_interval: float,
+    ) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.name = name
+        self.check_interrupts = check_interrupts
+        self.check_interval = check_interval
+        self.timeout = settings.connect_timeout_ms / 1000
+        self.deadline = time.monotonic() + self.timeout
+
+    def open(self) -> NatsConnection:
+        sock = self._tcp_connect()
+        try:
+            parser = proto.Parser()
+            info = self._read_info(sock, parser)
+            sock, tls = self._maybe_start_tls(sock, info)
+            options: dict[str, Any] = {
+                "verbose": False,
+                "pedantic": False,
+                "tls_required": tls,
+                "name": self.name,
+                "lang": "python-pgnats",
+                "version": __version__,
+                "protocol": 1,
+                "headers": True,
+                "no_responders": True,
+            }
+            options.update(auth_options(self.settings, info.get("nonce")))
+            connection = NatsConnection(
+                sock,
+                self.endpoint,
+                self.settings,
+                info,
+                parser,
+                self.check_interrupts,
+                self.check_interval,
+            )
+            self._handshake(connection, options)
+            return connection
+        except BaseException:
+            sock.close()
+            raise
+
+    def _fail(self, reason: str, **kwargs: Any) -> ConnectFailed:
+        return ConnectFailed(reason, **kwargs)
+
+    def _timed_out(self, step: str) -> ConnectFailed:
+        return self._fail(f"timed out {step} (connect_timeout is {_ms(self.timeout)} ms)")
+
+    def _tcp_connect(self) -> socket.socket:
+        try:
+            addresses = socket.getaddrinfo(
+                self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise self._fail(f"cannot resolve host {self.endpoint.host!r}: {exc}") from None
+        last_error = "no address"
+        for family, kind, protocol, _, address in addresses:
+            sock = socket.socket(family, kind, protocol)
+            try:
+                sock.setblocking(False)
+                result = sock.connect_ex(address)
+                if result == errno.EINPROGRESS:
+                    poller = select.poll()
+                    poller.register(sock.fileno(), _WRITE_EVENTS)
+                    if not self._wait(poller):
+                        raise self._timed_out("connecting")
+                    result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if result == 0:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return sock
+                last_error = os.strerror(result)
+            except BaseException:
+                sock.close()
+                raise
+            sock.close()
+        raise self._fail(last_error)
+
+    def _wait(self, poller: select.poll) -> bool:
+        return _wait_for(poller, self.deadline, self.check_interrupts, self.check_interval)
+
+    def _read_info(self, sock: socket.socket, parser: proto.Parser) -> dict[str, Any]:
+        poller = select.poll()
+        poller.register(sock.fileno(), _READ_EVENTS)
+        while True:
+            if not self._wait(poller):
+                raise self._timed_out("waiting for the server's INFO")
+            try:
+                data = sock.recv(READ_SIZE)
+            except _WOULD_BLOCK:
+                continue
+            except OSError as exc:
+                raise self._fail(exc.strerror or str(exc)) from None
+            if not data:
+                raise self._fail("the server closed the connection before its INFO")
+            try:
+                events = parser.feed(data)
+            except proto.ProtocolError as exc:
+                raise self._fail(f"not a NATS server? ({exc})") from None
+            if events:
+                first = events[0]
+                if not isinstance(first, proto.Info):
+                    raise self._fail("not a NATS server? (its first message was not INFO)")
+                return dict(first.fields)
+
+    def _maybe_start_tls(
+        self, sock: socket.socket, info: dict[str, Any]
+    ) -> tuple[socket.socket, bool]:
+        server_requires = bool(info.get("tls_required"))
+        server_offers = server_requires or bool(info.get("tls_available"))
+        if not (server_requires or self.settings.tls_required):
+            return sock, False
+        if not server_offers:
+            raise self._fail(
+                "TLS was asked for (tls:// URL or TLS options) but the server does not offer it"
+            )
+        try:
+            context = self.settings.ssl_context() or ssl.create_default_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise self._fail(
+                f"cannot load the TLS files: {exc}",
+                hint="check tls_ca_path, tls_cert_path and tls_key_path; the files must be "
+                "readable by the operating-system user PostgreSQL runs as",
+            ) from None
+        tls_sock = context.wrap_socket(
+            sock, server_hostname=self.endpoint.host, do_handshake_on_connect=False
+        )
+        readable = select.poll()
+        readable.register(tls_sock.fileno(), _READ_EVENTS)
+        writable = select.poll()
+        writable.register(tls_sock.fileno(), _WRITE_EVENTS)
+        while True:
+            try:
+                tls_sock.do_handshake()
+                return tls_sock, True
+            except ssl.SSLWantReadError:
+                ready = self._wait(readable)
+            except ssl.SSLWantWriteError:
+                ready = self._wait(writable)
+            except ssl.SSLError as exc:
+                raise self._fail(f"TLS handshake failed: {exc.reason or exc}") from None
+            except OSError as exc:
+                raise self._fail(f"TLS handshake failed: {exc.strerror or exc}") from None
+            if not ready:
+                raise self._timed_out("in the TLS handshake")
+
+    def _handshake(self, connection: NatsConnection, options: dict[str, Any]) -> None:
+        """CONNECT, then PING: the PONG (or a -ERR) says whether the server accepted us."""
+        try:
+            connection.ping(self.deadline - time.monotonic(), before=proto.connect_frame(options))
+        except ServerError as exc:
+            message = exc.server_message
+            if _is_auth_error(message):
+                raise self._fail(
+                    f"authentication failed ({message})",
+                    hint="check the user mapping's options for this role "
+                    "(user/password, token, creds_path or nkey_seed_path)",
+                    sqlstate=SQLSTATE_AUTH_FAILED,
+                ) from None
+            raise self._fail(f"the server refused the connection ({message})") from None
+        except ConnectionLost as exc:
+            raise self._fail(exc.message) from None
+        except NatsTimeout:
+            raise self._timed_out("waiting for the server to accept CONNECT") from None
