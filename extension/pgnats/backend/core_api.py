@@ -42,10 +42,7 @@ def _publish(
         data = encode_payload(kind, payload)
         pairs = None if headers is None else parse_headers(headers)
         block = None if pairs is None else header_block(pairs)
-        connection = checked_connection()
-        connection.publish(
-            wire_subject, wire_reply, block, data, connection.settings.request_timeout_ms / 1000
-        )
+        checked_connection().publish(wire_subject, wire_reply, block, data)
     except PgnatsError as exc:
         raise as_plpy_error(exc) from None
 

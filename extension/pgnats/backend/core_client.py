@@ -15,6 +15,7 @@ import plpy
 from pgnats.backend import session
 from pgnats.backend.interrupts import CHECK_INTERVAL, check_for_interrupts
 from pgnats.backend.nats_connection import NatsConnection
+from pgnats.config import ConnectSettings
 from pgnats.errors import ConnectionLost
 
 _connection: NatsConnection | None = None
@@ -23,9 +24,15 @@ _client_name: str | None = None
 
 def checked_connection() -> NatsConnection:
     """A working connection for the current settings (an existing one when it still is)."""
-    global _connection
     settings = session.current_settings()
     connection = _connection
+    if connection is not None and connection.settings is settings and connection.is_quiet():
+        return connection  # the common case, kept short: it runs before every publish
+    return _recheck(settings, connection)
+
+
+def _recheck(settings: ConnectSettings, connection: NatsConnection | None) -> NatsConnection:
+    global _connection
     if connection is not None:
         if connection.settings is not settings:
             if connection.settings == settings:

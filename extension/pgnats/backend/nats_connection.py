@@ -85,6 +85,8 @@ class NatsConnection:
         self.settings = settings
         self.endpoint = endpoint
         self.info = info
+        self.max_payload = _max_payload(info)
+        self.send_timeout = settings.request_timeout_ms / 1000
         self.closed = False
         self._sock = sock
         self._parser = parser
@@ -137,13 +139,14 @@ class NatsConnection:
 
     # -- the operations -----------------------------------------------------------------
     @property
-    def max_payload(self) -> int:
-        return int(self.info.get("max_payload") or DEFAULT_MAX_PAYLOAD)
-
-    @property
     def client_id(self) -> int | None:
         value = self.info.get("client_id")
         return int(value) if value is not None else None
+
+    def is_quiet(self) -> bool:
+        """True when the connection is open and the server sent nothing since the last call:
+        it can be used as it is (one ``poll`` system call)."""
+        return not self.closed and not self._readable.poll(0)
 
     def read_pending(self) -> None:
         """Read what the server sent since the last call, without waiting.
@@ -160,16 +163,17 @@ class NatsConnection:
         reply: bytes | None,
         header_block: bytes | None,
         payload: bytes,
-        send_timeout: float,
     ) -> None:
+        """Send one message; waits only when the socket buffer is full (up to the settings'
+        request_timeout)."""
         if header_block is None:
-            self._check_size(len(payload))
-            frame = proto.pub_frame(subject, reply, payload)
+            if len(payload) > self.max_payload:
+                self._check_size(len(payload))
+            self._send(proto.pub_frame(subject, reply, payload), self.send_timeout)
         else:
             self._check_headers_supported()
             self._check_size(len(header_block) + len(payload))
-            frame = proto.hpub_frame(subject, reply, header_block, payload)
-        self._send(frame, send_timeout)
+            self._send(proto.hpub_frame(subject, reply, header_block, payload), self.send_timeout)
 
     def request(self, subject: bytes, payload: bytes, timeout: float) -> bytes:
         """Publish with a reply subject of our own and wait up to ``timeout`` s for the reply."""
@@ -285,6 +289,7 @@ class NatsConnection:
             self._pongs += 1
         elif isinstance(event, proto.Info):
             self.info.update(event.fields)
+            self.max_payload = _max_payload(self.info)
         elif isinstance(event, proto.Err):
             if "stale connection" in event.message.lower():
                 raise self._lost("the server dropped it as idle (Stale Connection)")
@@ -301,11 +306,8 @@ class NatsConnection:
 
     def _send(self, data: bytes, timeout: float) -> None:
         """Send all of ``data`` (plus any PONG we owe) within ``timeout`` seconds."""
-        if self.closed:
-            raise self._lost("it was closed after an earlier error")
-        if self._owed_pongs:
-            data = proto.PONG * self._owed_pongs + data
-            self._owed_pongs = 0
+        if self._owed_pongs or self.closed:
+            data = self._before_send(data)
         try:
             sent = self._sock.send(data)
         except _WOULD_BLOCK:
@@ -314,6 +316,13 @@ class NatsConnection:
             raise self._lost(exc.strerror or str(exc)) from None
         if sent < len(data):
             self._send_rest(memoryview(data)[sent:], time.monotonic() + timeout)
+
+    def _before_send(self, data: bytes) -> bytes:
+        if self.closed:
+            raise self._lost("it was closed after an earlier error")
+        pongs = proto.PONG * self._owed_pongs
+        self._owed_pongs = 0
+        return pongs + data
 
     def _send_rest(self, rest: memoryview, deadline: float) -> None:
         try:
@@ -333,6 +342,10 @@ class NatsConnection:
 
     def _wait(self, poller: select.poll, deadline: float) -> bool:
         return _wait_for(poller, deadline, self._check_interrupts, self._check_interval)
+
+
+def _max_payload(info: dict[str, Any]) -> int:
+    return int(info.get("max_payload") or DEFAULT_MAX_PAYLOAD)
 
 
 def _wait_for(
