@@ -58,15 +58,16 @@ class NatsSide:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = DEFAULT_WAIT) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def connect(self, url: str) -> Client:
-        client = self.run(nats.connect(url, connect_timeout=5, max_reconnect_attempts=0))
+    def connect(self, url: str, **options: Any) -> Client:
+        """A nats-py client; ``options`` go to ``nats.connect`` (tls=..., user=...)."""
+        client = self.run(nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, **options))
         self._clients.append(client)
         return client
 
-    def subscribe(self, url: str, subject: str) -> Received:
+    def subscribe(self, url: str, subject: str, **options: Any) -> Received:
         """Messages on ``subject``, subscribed (and confirmed by the server) on return."""
         received = Received()
-        client = self.connect(url)
+        client = self.connect(url, **options)
 
         async def handler(message: Msg) -> None:
             received.put(message)

@@ -52,6 +52,14 @@ _READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _WRITE_EVENTS = select.POLLOUT | select.POLLERR | select.POLLHUP
 
 
+class Lost(ConnectionLost):
+    """The connection broke; ``reason`` says how, without the server's URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"connection to NATS at {url} lost: {reason}")
+        self.reason = reason
+
+
 class ServerError(PgnatsError):
     """The server answered with ``-ERR``."""
 
@@ -251,9 +259,9 @@ class NatsConnection:
                 )
         return message.payload
 
-    def _lost(self, reason: str) -> ConnectionLost:
+    def _lost(self, reason: str) -> Lost:
         self.close()
-        return ConnectionLost(f"connection to NATS at {self.endpoint.url} lost: {reason}")
+        return Lost(self.endpoint.url, reason)
 
     def _read_available(self) -> None:
         """Read once what the socket has (and what TLS has buffered) and handle it."""
@@ -409,17 +417,14 @@ class _Opener:
                 self.check_interrupts,
                 self.check_interval,
             )
-            self._handshake(connection, options)
+            self._handshake(connection, options, tls)
             return connection
         except BaseException:
             sock.close()
             raise
 
-    def _fail(self, reason: str, **kwargs: Any) -> ConnectFailed:
-        return ConnectFailed(reason, **kwargs)
-
     def _timed_out(self, step: str) -> ConnectFailed:
-        return self._fail(f"timed out {step} (connect_timeout is {_ms(self.timeout)} ms)")
+        return ConnectFailed(f"timed out {step} (connect_timeout is {_ms(self.timeout)} ms)")
 
     def _tcp_connect(self) -> socket.socket:
         try:
@@ -427,7 +432,7 @@ class _Opener:
                 self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM
             )
         except OSError as exc:
-            raise self._fail(f"cannot resolve host {self.endpoint.host!r}: {exc}") from None
+            raise ConnectFailed(f"cannot resolve host {self.endpoint.host!r}: {exc}") from None
         last_error = "no address"
         for family, kind, protocol, _, address in addresses:
             sock = socket.socket(family, kind, protocol)
@@ -448,7 +453,7 @@ class _Opener:
                 sock.close()
                 raise
             sock.close()
-        raise self._fail(last_error)
+        raise ConnectFailed(last_error)
 
     def _wait(self, poller: select.poll) -> bool:
         return _wait_for(poller, self.deadline, self.check_interrupts, self.check_interval)
@@ -464,17 +469,17 @@ class _Opener:
             except _WOULD_BLOCK:
                 continue
             except OSError as exc:
-                raise self._fail(exc.strerror or str(exc)) from None
+                raise ConnectFailed(exc.strerror or str(exc)) from None
             if not data:
-                raise self._fail("the server closed the connection before its INFO")
+                raise ConnectFailed("the server closed the connection before its INFO")
             try:
                 events = parser.feed(data)
             except proto.ProtocolError as exc:
-                raise self._fail(f"not a NATS server? ({exc})") from None
+                raise ConnectFailed(f"not a NATS server? ({exc})") from None
             if events:
                 first = events[0]
                 if not isinstance(first, proto.Info):
-                    raise self._fail("not a NATS server? (its first message was not INFO)")
+                    raise ConnectFailed("not a NATS server? (its first message was not INFO)")
                 return dict(first.fields)
 
     def _maybe_start_tls(
@@ -485,13 +490,13 @@ class _Opener:
         if not (server_requires or self.settings.tls_required):
             return sock, False
         if not server_offers:
-            raise self._fail(
+            raise ConnectFailed(
                 "TLS was asked for (tls:// URL or TLS options) but the server does not offer it"
             )
         try:
             context = self.settings.ssl_context() or ssl.create_default_context()
         except (OSError, ssl.SSLError) as exc:
-            raise self._fail(
+            raise ConnectFailed(
                 f"cannot load the TLS files: {exc}",
                 hint="check tls_ca_path, tls_cert_path and tls_key_path; the files must be "
                 "readable by the operating-system user PostgreSQL runs as",
@@ -511,28 +516,42 @@ class _Opener:
                 ready = self._wait(readable)
             except ssl.SSLWantWriteError:
                 ready = self._wait(writable)
+            except ssl.SSLCertVerificationError as exc:
+                raise ConnectFailed(
+                    f"TLS handshake failed: the server's certificate was not accepted "
+                    f"({exc.verify_message})",
+                    hint="tls_ca_path must name the CA that signed the server's certificate"
+                    if self.settings.tls_ca_path
+                    else "the server uses TLS: set tls_ca_path to the CA that signed its "
+                    "certificate (without it, only the system's CAs are trusted)",
+                ) from None
             except ssl.SSLError as exc:
-                raise self._fail(f"TLS handshake failed: {exc.reason or exc}") from None
+                raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}") from None
             except OSError as exc:
-                raise self._fail(f"TLS handshake failed: {exc.strerror or exc}") from None
+                raise ConnectFailed(f"TLS handshake failed: {exc.strerror or exc}") from None
             if not ready:
                 raise self._timed_out("in the TLS handshake")
 
-    def _handshake(self, connection: NatsConnection, options: dict[str, Any]) -> None:
+    def _handshake(self, connection: NatsConnection, options: dict[str, Any], tls: bool) -> None:
         """CONNECT, then PING: the PONG (or a -ERR) says whether the server accepted us."""
         try:
             connection.ping(self.deadline - time.monotonic(), before=proto.connect_frame(options))
         except ServerError as exc:
             message = exc.server_message
             if _is_auth_error(message):
-                raise self._fail(
+                raise ConnectFailed(
                     f"authentication failed ({message})",
                     hint="check the user mapping's options for this role "
                     "(user/password, token, creds_path or nkey_seed_path)",
                     sqlstate=SQLSTATE_AUTH_FAILED,
                 ) from None
-            raise self._fail(f"the server refused the connection ({message})") from None
-        except ConnectionLost as exc:
-            raise self._fail(exc.message) from None
+            raise ConnectFailed(f"the server refused the connection ({message})") from None
+        except Lost as exc:
+            hint = None
+            if tls and not self.settings.tls_cert_path:
+                hint = "the server may require a client certificate (tls_cert_path, tls_key_path)"
+            raise ConnectFailed(
+                f"the server closed the connection during the handshake ({exc.reason})", hint=hint
+            ) from None
         except NatsTimeout:
             raise self._timed_out("waiting for the server to accept CONNECT") from None
