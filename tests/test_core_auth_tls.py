@@ -3,7 +3,6 @@ against NATS servers configured for each."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 import tempfile
@@ -20,6 +19,7 @@ from devstack.ports import free_port
 from devstack.stack import Stack
 from tests.conftest import MakeDatabase, admin_connect
 from tests.nats_helpers import NatsSide
+from tests.nats_jwt import new_keypair, operator_setup
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -116,9 +116,8 @@ def test_token(
 
 
 def new_user_seed() -> tuple[bytes, str]:
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    public_key = nkeys.from_seed(bytearray(seed)).public_key.decode()
-    return seed, public_key
+    seed, keypair = new_keypair(nkeys.PREFIX_BYTE_USER)
+    return seed.encode(), keypair.public_key.decode()
 
 
 def test_nkey_seed(
@@ -146,6 +145,37 @@ def test_nkey_seed(
         conn.execute("SELECT nats_publish_text('auth.nkey', 'signed')")
         assert received.next().data == b"signed"
         assert conn.execute("SELECT (nats_get_server_info()).nonce").fetchone() != (None,)
+
+
+def test_creds_file(
+    stack: Stack,
+    make_database: MakeDatabase,
+    make_server: MakeServer,
+    nats_side: NatsSide,
+    shared_dir: Path,
+) -> None:
+    setup = operator_setup(str(shared_dir / "operator.jwt"))
+    server = make_server(setup.server_config)
+    creds_path = write(shared_dir / "user.creds", setup.creds)
+    received = nats_side.subscribe(server.url, "creds.>", user_credentials=creds_path)
+    with session_for(stack, make_database, server.url) as conn:
+        with pytest.raises(psycopg.Error, match="authentication failed"):
+            conn.execute("SELECT nats_publish_text('creds.x', 'no credentials')")
+        map_user(conn, f"creds_path '{creds_path}'")
+        conn.execute("SELECT pgnats_reload_conf()")
+        conn.execute("SELECT nats_publish_text('creds.x', 'with a JWT')")
+        assert received.next().data == b"with a JWT"
+
+
+def test_file_that_is_not_a_creds_file(
+    stack: Stack, make_database: MakeDatabase, make_server: MakeServer, shared_dir: Path
+) -> None:
+    server = make_server(operator_setup(str(shared_dir / "operator.jwt")).server_config)
+    path = write(shared_dir / "bad.creds", "just some text\n")
+    with session_for(stack, make_database, server.url) as conn:
+        map_user(conn, f"creds_path '{path}'")
+        with pytest.raises(psycopg.OperationalError, match="not a NATS credentials file"):
+            conn.execute("SELECT nats_publish_text('a.b', 'x')")
 
 
 @pytest.mark.parametrize(
@@ -240,7 +270,7 @@ def test_tls_with_an_unknown_ca_is_refused(
     options = f"tls_ca_path '{certificates.other_ca_path}'"
     with (
         session_for(stack, make_database, tls_url(server), options) as conn,
-        pytest.raises(psycopg.OperationalError, match="the server.s certificate was not accepted"),
+        pytest.raises(psycopg.OperationalError, match="the server's certificate was not accepted"),
     ):
         conn.execute("SELECT nats_publish_text('tls.x', 'x')")
 
@@ -255,7 +285,7 @@ def test_server_requiring_tls_is_verified_against_system_cas(
     server = make_server(certificates.server_config())
     with (
         session_for(stack, make_database, server.url) as conn,
-        pytest.raises(psycopg.OperationalError, match="the server.s certificate was not accepted"),
+        pytest.raises(psycopg.OperationalError, match="the server's certificate was not accepted"),
     ):
         conn.execute("SELECT nats_publish_text('tls.x', 'x')")
 
@@ -309,3 +339,27 @@ def test_missing_tls_file_is_named(
     ):
         conn.execute("SELECT nats_publish_text('tls.x', 'x')")
     assert "tls_ca_path" in (excinfo.value.diag.message_hint or "")
+
+
+def test_permission_violation_is_raised_by_the_next_call(
+    stack: Stack, make_database: MakeDatabase, make_server: MakeServer, nats_side: NatsSide
+) -> None:
+    """A publish does not wait for the server, so a refusal can only surface on the next
+    call of the session, as an error that says so; the session then goes on."""
+    server = make_server(
+        "authorization { users: [ "
+        '{ user: "app", password: "pw", permissions: { publish: "allowed.>" } }, '
+        '{ user: "sub", password: "pw" } ] }'
+    )
+    received = nats_side.subscribe(server.url, ">", user="sub", password="pw")
+    with session_for(stack, make_database, server.url) as conn:
+        map_user(conn, "user 'app', password 'pw'")
+        conn.execute("SELECT nats_publish_text('denied.x', 'refused by the server')")
+        with pytest.raises(
+            psycopg.Error, match=r'Permissions Violation for Publish to "denied\.x"'
+        ):
+            conn.execute("SELECT nats_get_server_info()")
+        conn.execute("SELECT nats_publish_text('allowed.x', 'fine')")
+        message = received.next()
+        assert (message.subject, message.data) == ("allowed.x", b"fine")
+        received.assert_empty(0.2)
