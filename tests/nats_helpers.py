@@ -84,9 +84,10 @@ class NatsSide:
         url: str,
         subject: str,
         answer: Callable[[Msg], Awaitable[bytes | None]],
+        **options: Any,
     ) -> None:
         """Answer every request on ``subject`` with ``await answer(msg)`` (None: no answer)."""
-        client = self.connect(url)
+        client = self.connect(url, **options)
 
         async def handler(message: Msg) -> None:
             reply = await answer(message)

@@ -18,7 +18,7 @@ from devstack.nats import NatsServer
 from devstack.ports import free_port
 from devstack.stack import Stack
 from tests.conftest import MakeDatabase, admin_connect
-from tests.nats_helpers import NatsSide
+from tests.nats_helpers import NatsSide, echo
 from tests.nats_jwt import new_keypair, operator_setup
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -258,6 +258,14 @@ def test_tls_with_a_ca(
         conn.execute("SELECT nats_publish_text('tls.x', 'encrypted')")
         assert received.next().data == b"encrypted"
         assert conn.execute("SELECT (nats_get_server_info()).tls_required").fetchone() == (True,)
+        # Large requests and replies span many TLS records.
+        nats_side.respond(server.url, "tls.echo", echo, tls=certificates.client_context())
+        row = conn.execute(
+            "SELECT md5(nats_request_binary('tls.echo', b)) = md5(b) "
+            "FROM (SELECT decode(repeat('0123456789abcdef', 50000), 'hex') AS b) s, "
+            "generate_series(1, 5)"
+        ).fetchall()
+        assert row == [(True,)] * 5
 
 
 def test_tls_with_an_unknown_ca_is_refused(

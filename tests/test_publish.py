@@ -171,3 +171,16 @@ def test_empty_headers_object_sends_a_plain_message(
     message = received.next()
     assert message.data == b"x"
     assert not message.headers
+
+
+def test_large_messages_arrive_whole(conn: Conn, nats_url: str, nats_side: NatsSide) -> None:
+    """30 MB in one statement: more than the socket buffers hold, so sends wait and resume."""
+    received = nats_side.subscribe(nats_url, "t.large")
+    conn.execute(
+        "SELECT count(nats_publish_binary('t.large', "
+        "  decode(lpad(to_hex(i), 8, '0'), 'hex') || decode(repeat('ab', 1000 * 1000), 'hex'))) "
+        "FROM generate_series(1, 30) i"
+    )
+    messages = received.take(30, timeout=30)
+    assert [int.from_bytes(m.data[:4], "big") for m in messages] == list(range(1, 31))
+    assert all(m.data[4:] == b"\xab" * 1_000_000 for m in messages)

@@ -162,8 +162,8 @@ class NatsConnection:
         Raises :class:`ConnectionLost` when the server closed the connection (restarted, or
         dropped it as idle), and :class:`ServerError` for an error it reported meanwhile.
         """
-        while self._readable.poll(0):
-            self._read_available()
+        while self._readable.poll(0) and self._read_available():
+            pass
 
     def publish(
         self,
@@ -263,21 +263,25 @@ class NatsConnection:
         self.close()
         return Lost(self.endpoint.url, reason)
 
-    def _read_available(self) -> None:
-        """Read once what the socket has (and what TLS has buffered) and handle it."""
+    def _read_available(self) -> bool:
+        """Read once what the socket has (and what TLS has decrypted already) and handle
+        it; False when there was nothing to read after all (part of a TLS record)."""
         if self.closed:
             raise self._lost("it was closed after an earlier error")
+        chunks: list[bytes] = []
         try:
-            data = self._sock.recv(READ_SIZE)
+            chunks.append(self._sock.recv(READ_SIZE))
             if isinstance(self._sock, ssl.SSLSocket):
-                while self._sock.pending():
-                    data += self._sock.recv(READ_SIZE)
+                while chunks[-1] and self._sock.pending():
+                    chunks.append(self._sock.recv(READ_SIZE))
         except _WOULD_BLOCK:
-            return
+            if not chunks:
+                return False
         except OSError as exc:
             raise self._lost(exc.strerror or str(exc)) from None
-        if not data:
+        if not chunks[0]:
             raise self._lost("the server closed the connection")
+        data = b"".join(chunks)
         try:
             events = self._parser.feed(data)
         except proto.ProtocolError as exc:
@@ -285,6 +289,7 @@ class NatsConnection:
             raise PgnatsError(f"NATS protocol error from {self.endpoint.url}: {exc}") from None
         for event in events:
             self._handle(event)
+        return True
 
     def _handle(self, event: proto.Event) -> None:
         if isinstance(event, proto.Msg):
