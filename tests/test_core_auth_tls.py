@@ -20,8 +20,7 @@ from devstack.stack import Stack
 from tests.conftest import MakeDatabase, admin_connect
 from tests.nats_helpers import NatsSide, echo
 from tests.nats_jwt import new_keypair, operator_setup
-
-Conn = psycopg.Connection[tuple[object, ...]]
+from tests.queries import Conn
 
 
 @pytest.fixture

@@ -18,18 +18,7 @@ from devstack.ports import free_port
 from devstack.stack import Stack
 from tests.conftest import MakeDatabase, admin_connect
 from tests.nats_helpers import NatsSide, echo
-
-Conn = psycopg.Connection[tuple[object, ...]]
-
-
-def scalar(conn: Conn, sql: str, *params: object) -> object:
-    row = conn.execute(sql, params or None).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def client_id(conn: Conn) -> object:
-    return scalar(conn, "SELECT (nats_get_server_info()).client_id")
+from tests.queries import Conn, client_id, scalar
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from devstack.nats import NatsServer
 from devstack.stack import Stack
 from tests.conftest import MakeDatabase, admin_connect
 from tests.nats_helpers import NatsSide
-
-Conn = psycopg.Connection[tuple[object, ...]]
+from tests.queries import Conn, client_id
 
 BAD_CALLS = [
     # (SQL, SQLSTATE, words the message must contain)
@@ -46,12 +45,6 @@ BAD_CALLS = [
     ("nats_request_text('a.b', 'x', 0)", "22023", "timeout must be a positive number"),
     ("nats_request_text('a.b', 'x', -5)", "22023", "timeout must be a positive number"),
 ]
-
-
-def client_id(conn: Conn) -> object:
-    row = conn.execute("SELECT (nats_get_server_info()).client_id").fetchone()
-    assert row is not None
-    return row[0]
 
 
 @pytest.mark.parametrize(("call", "sqlstate", "words"), BAD_CALLS)

@@ -7,14 +7,12 @@ import json
 import socket
 import time
 
-import psycopg
 import pytest
 
 from devstack.stack import Stack
 from tests.conftest import admin_connect
 from tests.nats_helpers import NatsSide
-
-Conn = psycopg.Connection[tuple[object, ...]]
+from tests.queries import Conn
 
 
 @pytest.mark.parametrize(

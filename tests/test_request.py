@@ -13,24 +13,11 @@ from nats.aio.msg import Msg
 from devstack.stack import Stack
 from tests.conftest import admin_connect
 from tests.nats_helpers import NatsSide, echo
-
-Conn = psycopg.Connection[tuple[object, ...]]
+from tests.queries import Conn, client_id, scalar
 
 
 async def never_answer(message: Msg) -> None:
     return None
-
-
-def client_id(conn: Conn) -> object:
-    row = conn.execute("SELECT (nats_get_server_info()).client_id").fetchone()
-    assert row is not None
-    return row[0]
-
-
-def scalar(conn: Conn, sql: str, *params: object) -> object:
-    row = conn.execute(sql, params or None).fetchone()
-    assert row is not None
-    return row[0]
 
 
 @pytest.mark.parametrize(

@@ -146,11 +146,6 @@ class NatsConnection:
         )
 
     # -- the operations -----------------------------------------------------------------
-    @property
-    def client_id(self) -> int | None:
-        value = self.info.get("client_id")
-        return int(value) if value is not None else None
-
     def is_quiet(self) -> bool:
         """True when the connection is open and the server sent nothing since the last call:
         it can be used as it is (one ``poll`` system call)."""
