@@ -94,3 +94,20 @@ def test_payload_over_max_payload(
         assert (message.subject, len(message.data)) == ("big.fits", 1024)
         received.assert_empty(0.1)
         assert client_id(conn) == before
+
+
+def test_server_without_headers(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer, nats_side: NatsSide
+) -> None:
+    private_nats.extra_config = "no_header_support: true"
+    private_nats.restart()
+    received = nats_side.subscribe(private_nats.url, "plain.>")
+    with admin_connect(stack, make_database(nats_url=private_nats.url)) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="does not support headers"):
+            conn.execute("SELECT nats_publish_text('plain.x', 'x', NULL, '{\"k\": \"v\"}')")
+        conn.execute("SELECT nats_publish_text('plain.x', 'no headers')")
+        assert received.next().data == b"no headers"
+        # Without headers the server cannot say "no responders": the request times out.
+        with pytest.raises(psycopg.Error, match="no reply") as excinfo:
+            conn.execute("SELECT nats_request_text('nobody.home', 'x', 200)")
+        assert excinfo.value.sqlstate == "PN001"

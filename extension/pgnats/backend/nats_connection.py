@@ -404,8 +404,10 @@ class _Opener:
                 "lang": "python-pgnats",
                 "version": __version__,
                 "protocol": 1,
-                "headers": True,
-                "no_responders": True,
+                # No responders are reported in a header block: both or neither (servers
+                # older than 2.2, or configured without headers, refuse the pair).
+                "headers": bool(info.get("headers")),
+                "no_responders": bool(info.get("headers")),
             }
             options.update(auth_options(self.settings, info.get("nonce")))
             connection = NatsConnection(
