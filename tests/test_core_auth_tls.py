@@ -3,6 +3,7 @@ against NATS servers configured for each."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import tempfile
@@ -370,3 +371,40 @@ def test_permission_violation_is_raised_by_the_next_call(
         message = received.next()
         assert (message.subject, message.data) == ("allowed.x", b"fine")
         received.assert_empty(0.2)
+
+
+def test_each_role_uses_its_own_user_mapping(
+    stack: Stack, make_database: MakeDatabase, make_server: MakeServer, nats_side: NatsSide
+) -> None:
+    server = make_server(
+        'authorization { users: [ { user: "alice", password: "pa" }, '
+        '{ user: "bob", password: "pb" } ] }'
+    )
+    received = nats_side.subscribe(server.url, "roles.>", user="alice", password="pa")
+    db = make_database(nats_url=server.url)
+    suffix = os.getpid()
+    roles = {"alice": f"pgnats_alice_{suffix}", "bob": f"pgnats_bob_{suffix}"}
+    with admin_connect(stack, db) as admin:
+        for name, role in roles.items():
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            # A role reads its own mapping's options only with USAGE on the server.
+            admin.execute(f"GRANT USAGE ON FOREIGN SERVER nats_server TO {role}")
+            password = "pa" if name == "alice" else "wrong"
+            admin.execute(
+                f"CREATE USER MAPPING FOR {role} SERVER nats_server "
+                f"OPTIONS (user '{name}', password '{password}')"
+            )
+        try:
+            with psycopg.connect(stack.postgres.dsn(db, user=roles["alice"])) as alice:
+                alice.execute("SELECT nats_publish_text('roles.alice', 'from alice')")
+                assert received.next().data == b"from alice"
+            with (
+                psycopg.connect(stack.postgres.dsn(db, user=roles["bob"])) as bob,
+                pytest.raises(psycopg.Error, match="authentication failed") as excinfo,
+            ):
+                bob.execute("SELECT nats_publish_text('roles.bob', 'from bob')")
+            assert excinfo.value.sqlstate == "28000"
+        finally:
+            for role in roles.values():
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE {role}")

@@ -182,3 +182,32 @@ def test_large_messages_arrive_whole(conn: Conn, nats_url: str, nats_side: NatsS
     messages = received.take(30, timeout=30)
     assert [int.from_bytes(m.data[:4], "big") for m in messages] == list(range(1, 31))
     assert all(m.data[4:] == b"\xab" * 1_000_000 for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("statement", "subject", "payload"),
+    [
+        (
+            "SELECT nats_publish_text('demo.messages', 'Test message', NULL, NULL)",
+            "demo.messages",
+            b"Test message",
+        ),
+        (
+            "SELECT nats_publish_jsonb(\n"
+            "    'orders.new',\n"
+            """    '{"order_id": 123, "customer": "John Doe", "amount": 99.99}'::jsonb,\n"""
+            "    NULL,\n"
+            "    NULL\n"
+            ")",
+            "orders.new",
+            b'{"amount": 99.99, "customer": "John Doe", "order_id": 123}',
+        ),
+    ],
+)
+def test_guide_statements(
+    conn: Conn, nats_url: str, nats_side: NatsSide, statement: str, subject: str, payload: bytes
+) -> None:
+    """Statements of shared/seed/background-workers-guide.md, as written there."""
+    received = nats_side.subscribe(nats_url, subject)
+    conn.execute(statement)
+    assert received.next().data == payload
