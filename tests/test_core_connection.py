@@ -188,6 +188,27 @@ def test_second_url_is_used_when_the_first_is_down(
         assert scalar(conn, "SELECT (nats_get_server_info()).port") == private_nats.port
 
 
+def test_host_name_is_resolved(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer, nats_side: NatsSide
+) -> None:
+    received = nats_side.subscribe(private_nats.url, "named.>")
+    with admin_connect(
+        stack, make_database(nats_url=f"nats://localhost:{private_nats.port}")
+    ) as conn:
+        conn.execute("SELECT nats_publish_text('named.host', 'x')")
+        assert received.next().data == b"x"
+
+
+def test_unknown_host_is_named(stack: Stack, make_database: MakeDatabase) -> None:
+    with (
+        admin_connect(stack, make_database(nats_url="nats://no-such-host.invalid:4222")) as conn,
+        pytest.raises(
+            psycopg.OperationalError, match=r"cannot resolve host 'no-such-host\.invalid'"
+        ),
+    ):
+        conn.execute("SELECT nats_publish_text('a.b', 'x')")
+
+
 def test_every_url_failing_names_each(stack: Stack, make_database: MakeDatabase) -> None:
     first, second = (f"nats://127.0.0.1:{free_port()}" for _ in range(2))
     with (

@@ -17,12 +17,14 @@ Plain Python: no ``plpy`` here, the interrupt check is passed in.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import os
 import secrets
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -352,6 +354,14 @@ class NatsConnection:
         return _wait_for(poller, deadline, self._check_interrupts, self._check_interval)
 
 
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _max_payload(info: dict[str, Any]) -> int:
     return int(info.get("max_payload") or DEFAULT_MAX_PAYLOAD)
 
@@ -428,13 +438,36 @@ class _Opener:
     def _timed_out(self, step: str) -> ConnectFailed:
         return ConnectFailed(f"timed out {step} (connect_timeout is {_ms(self.timeout)} ms)")
 
+    def _resolve(self) -> list[Any]:
+        """The server's addresses. A DNS lookup cannot be given a timeout, so it runs in a
+        thread of its own while we wait, within the connect timeout and interruptibly;
+        a lookup that took too long is left to finish by itself."""
+        host, port = self.endpoint.host, self.endpoint.port
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        if _is_ip_address(host):
+            lookup()  # no DNS involved
+        else:
+            threading.Thread(target=lookup, name="pgnats-resolve", daemon=True).start()
+        while not done.wait(max(min(self.deadline - time.monotonic(), self.check_interval), 0)):
+            if time.monotonic() >= self.deadline:
+                raise self._timed_out(f"resolving {host!r}")
+            self.check_interrupts()
+        if isinstance(outcome[0], OSError):
+            raise ConnectFailed(f"cannot resolve host {host!r}: {outcome[0]}")
+        return list(outcome[0])
+
     def _tcp_connect(self) -> socket.socket:
-        try:
-            addresses = socket.getaddrinfo(
-                self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise ConnectFailed(f"cannot resolve host {self.endpoint.host!r}: {exc}") from None
+        addresses = self._resolve()
         last_error = "no address"
         for family, kind, protocol, _, address in addresses:
             sock = socket.socket(family, kind, protocol)
