@@ -3,7 +3,9 @@ it dropped the idle connection, or when the settings changed; bounded when NATS 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -322,6 +324,25 @@ def test_server_info_as_in_the_guide(conn: Conn) -> None:
         "(nats_get_server_info()).max_payload AS max_message_size"
     ).fetchone()
     assert row == ("2.15.1", 1024 * 1024)
+
+
+def test_server_info_follows_the_server_into_lame_duck_mode(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer
+) -> None:
+    """The server announces lame duck mode in a new INFO; the row shows the latest INFO."""
+    private_nats.extra_config = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "20s"'
+    private_nats.restart()
+    lame = "SELECT (nats_get_server_info()).lame_duck_mode"
+    with admin_connect(stack, make_database(nats_url=private_nats.url)) as conn:
+        assert scalar(conn, lame) is False
+        pid = private_nats._pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR2)  # nats-server's signal for lame duck mode
+        deadline = time.monotonic() + 5
+        while scalar(conn, lame) is not True:
+            assert time.monotonic() < deadline, "lame duck mode not reported"
+            time.sleep(0.1)
+    private_nats.kill()
 
 
 def test_server_info_of_a_cluster_lists_its_urls(
