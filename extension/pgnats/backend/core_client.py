@@ -14,6 +14,7 @@ import plpy
 
 from pgnats.backend import session
 from pgnats.backend.interrupts import CHECK_INTERVAL, check_for_interrupts
+from pgnats.backend.nats_connect import open_connection
 from pgnats.backend.nats_connection import NatsConnection
 from pgnats.config import ConnectSettings
 from pgnats.errors import ConnectionLost
@@ -47,7 +48,7 @@ def _recheck(settings: ConnectSettings, connection: NatsConnection | None) -> Na
             else:
                 return connection
     _connection = None
-    _connection = NatsConnection.open(
+    _connection = open_connection(
         settings,
         name=client_name(),
         check_interrupts=check_for_interrupts,

@@ -11,30 +11,24 @@ After any error that may have left the stream out of step (a frame sent in part,
 protocol error, an error reported by the server) the connection closes itself: its owner
 makes a new one, and nothing half-sent is ever reused.
 
-Plain Python: no ``plpy`` here, the interrupt check is passed in.
+Plain Python: no ``plpy`` here, the interrupt check is passed in. Connections are made by
+:func:`pgnats.backend.nats_connect.open_connection`.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import itertools
-import os
 import secrets
 import select
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from pgnats import __version__
 from pgnats.backend import nats_protocol as proto
-from pgnats.backend.nats_auth import auth_options
 from pgnats.config import ConnectSettings, Endpoint
 from pgnats.errors import (
-    ConnectFailed,
     ConnectionLost,
     NatsTimeout,
     NoResponders,
@@ -47,11 +41,10 @@ InterruptCheck = Callable[[], None]
 READ_SIZE = 256 * 1024
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 INBOX_SID = b"1"
-SQLSTATE_AUTH_FAILED = "28000"  # invalid_authorization_specification
 
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-_READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
-_WRITE_EVENTS = select.POLLOUT | select.POLLERR | select.POLLHUP
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+WRITE_EVENTS = select.POLLOUT | select.POLLERR | select.POLLHUP
 
 
 class Lost(ConnectionLost):
@@ -70,17 +63,12 @@ class ServerError(PgnatsError):
         self.server_message = server_message
 
 
-def _is_auth_error(message: str) -> bool:
-    lowered = message.lower()
-    return "authorization" in lowered or "authentication" in lowered
-
-
-def _ms(seconds: float) -> int:
+def as_ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
 class NatsConnection:
-    """A connected, handshaken NATS connection. Make one with :meth:`open`."""
+    """A connected, handshaken NATS connection (made by ``nats_connect.open_connection``)."""
 
     def __init__(
         self,
@@ -103,9 +91,9 @@ class NatsConnection:
         self._check_interrupts = check_interrupts
         self._check_interval = check_interval
         self._readable = select.poll()
-        self._readable.register(sock.fileno(), _READ_EVENTS)
+        self._readable.register(sock.fileno(), READ_EVENTS)
         self._writable = select.poll()
-        self._writable.register(sock.fileno(), _WRITE_EVENTS)
+        self._writable.register(sock.fileno(), WRITE_EVENTS)
         self._owed_pongs = 0
         self._pongs = 0
         # Requests: one wildcard subscription, made with the first request; each request
@@ -117,36 +105,6 @@ class NatsConnection:
         self._reply: proto.Msg | None = None
 
     # -- opening ----------------------------------------------------------------------
-    @classmethod
-    def open(
-        cls,
-        settings: ConnectSettings,
-        *,
-        name: str,
-        check_interrupts: InterruptCheck,
-        check_interval: float,
-    ) -> NatsConnection:
-        """Connect to the first endpoint of ``settings`` that works, each within
-        ``connect_timeout``; raise :class:`ConnectFailed` naming every failure."""
-        failures: list[tuple[Endpoint, ConnectFailed]] = []
-        for endpoint in settings.endpoints:
-            opener = _Opener(settings, endpoint, name, check_interrupts, check_interval)
-            try:
-                return opener.open()
-            except ConnectFailed as exc:
-                failures.append((endpoint, exc))
-        reasons = "; ".join(f"{where.url}: {error.message}" for where, error in failures)
-        if len(failures) == 1:
-            message = f"could not connect to NATS at {reasons}"
-        else:
-            message = f"could not connect to any NATS server ({reasons})"
-        auth_only = all(error.sqlstate == SQLSTATE_AUTH_FAILED for _, error in failures)
-        raise ConnectFailed(
-            message,
-            hint=failures[-1][1].hint,
-            sqlstate=SQLSTATE_AUTH_FAILED if auth_only else None,
-        )
-
     # -- the operations -----------------------------------------------------------------
     def is_quiet(self) -> bool:
         """True when the connection is open and the server sent nothing since the last call:
@@ -196,7 +154,8 @@ class NatsConnection:
             while self._reply is None:
                 if not self._wait(self._readable, deadline):
                     raise NatsTimeout(
-                        f"no reply to the request on {subject.decode()!r} within {_ms(timeout)} ms"
+                        f"no reply to the request on {subject.decode()!r} "
+                        f"within {as_ms(timeout)} ms"
                     )
                 self._read_available()
                 self._pay_pongs(deadline)
@@ -215,7 +174,9 @@ class NatsConnection:
         while self._pongs < expected:
             if not self._wait(self._readable, deadline):
                 self.close()
-                raise NatsTimeout(f"the NATS server did not answer a PING within {_ms(timeout)} ms")
+                raise NatsTimeout(
+                    f"the NATS server did not answer a PING within {as_ms(timeout)} ms"
+                )
             self._read_available()
             self._pay_pongs(deadline)
 
@@ -271,7 +232,7 @@ class NatsConnection:
             if isinstance(self._sock, ssl.SSLSocket):
                 while chunks[-1] and self._sock.pending():
                     chunks.append(self._sock.recv(READ_SIZE))
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             if not chunks:
                 return False
         except OSError as exc:
@@ -320,7 +281,7 @@ class NatsConnection:
             data = self._before_send(data)
         try:
             sent = self._sock.send(data)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             sent = 0
         except OSError as exc:
             raise self._lost(exc.strerror or str(exc)) from None
@@ -341,7 +302,7 @@ class NatsConnection:
                     raise self._lost("timed out sending to the server")
                 try:
                     rest = rest[self._sock.send(rest) :]
-                except _WOULD_BLOCK:
+                except WOULD_BLOCK:
                     continue
         except OSError as exc:
             raise self._lost(exc.strerror or str(exc)) from None
@@ -351,22 +312,14 @@ class NatsConnection:
             raise
 
     def _wait(self, poller: select.poll, deadline: float) -> bool:
-        return _wait_for(poller, deadline, self._check_interrupts, self._check_interval)
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        return wait_for(poller, deadline, self._check_interrupts, self._check_interval)
 
 
 def _max_payload(info: dict[str, Any]) -> int:
     return int(info.get("max_payload") or DEFAULT_MAX_PAYLOAD)
 
 
-def _wait_for(
+def wait_for(
     poller: select.poll, deadline: float, check_interrupts: InterruptCheck, interval: float
 ) -> bool:
     """Wait until ``poller`` has an event (True) or ``deadline`` passes (False), checking
@@ -378,215 +331,3 @@ def _wait_for(
         if poller.poll(min(remaining, interval) * 1000):
             return True
         check_interrupts()
-
-
-class _Opener:
-    """Connecting to one endpoint: TCP, the server's INFO, TLS, CONNECT and the first PONG,
-    all before one deadline."""
-
-    def __init__(
-        self,
-        settings: ConnectSettings,
-        endpoint: Endpoint,
-        name: str,
-        check_interrupts: InterruptCheck,
-        check_interval: float,
-    ) -> None:
-        self.settings = settings
-        self.endpoint = endpoint
-        self.name = name
-        self.check_interrupts = check_interrupts
-        self.check_interval = check_interval
-        self.timeout = settings.connect_timeout_ms / 1000
-        self.deadline = time.monotonic() + self.timeout
-
-    def open(self) -> NatsConnection:
-        sock = self._tcp_connect()
-        try:
-            parser = proto.Parser()
-            info = self._read_info(sock, parser)
-            sock, tls = self._maybe_start_tls(sock, info)
-            options: dict[str, Any] = {
-                "verbose": False,
-                "pedantic": False,
-                "tls_required": tls,
-                "name": self.name,
-                "lang": "python-pgnats",
-                "version": __version__,
-                "protocol": 1,
-                # No responders are reported in a header block: both or neither (servers
-                # older than 2.2, or configured without headers, refuse the pair).
-                "headers": bool(info.get("headers")),
-                "no_responders": bool(info.get("headers")),
-            }
-            options.update(auth_options(self.settings, info.get("nonce")))
-            connection = NatsConnection(
-                sock,
-                self.endpoint,
-                self.settings,
-                info,
-                parser,
-                self.check_interrupts,
-                self.check_interval,
-            )
-            self._handshake(connection, options, tls)
-            return connection
-        except BaseException:
-            sock.close()
-            raise
-
-    def _timed_out(self, step: str) -> ConnectFailed:
-        return ConnectFailed(f"timed out {step} (connect_timeout is {_ms(self.timeout)} ms)")
-
-    def _resolve(self) -> list[Any]:
-        """The server's addresses. A DNS lookup cannot be given a timeout, so it runs in a
-        thread of its own while we wait, within the connect timeout and interruptibly;
-        a lookup that took too long is left to finish by itself."""
-        host, port = self.endpoint.host, self.endpoint.port
-        outcome: list[Any] = []
-        done = threading.Event()
-
-        def lookup() -> None:
-            try:
-                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-            except OSError as exc:
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        if _is_ip_address(host):
-            lookup()  # no DNS involved
-        else:
-            threading.Thread(target=lookup, name="pgnats-resolve", daemon=True).start()
-        while not done.wait(max(min(self.deadline - time.monotonic(), self.check_interval), 0)):
-            if time.monotonic() >= self.deadline:
-                raise self._timed_out(f"resolving {host!r}")
-            self.check_interrupts()
-        if isinstance(outcome[0], OSError):
-            raise ConnectFailed(f"cannot resolve host {host!r}: {outcome[0]}")
-        return list(outcome[0])
-
-    def _tcp_connect(self) -> socket.socket:
-        addresses = self._resolve()
-        last_error = "no address"
-        for family, kind, protocol, _, address in addresses:
-            sock = socket.socket(family, kind, protocol)
-            try:
-                sock.setblocking(False)
-                result = sock.connect_ex(address)
-                if result == errno.EINPROGRESS:
-                    poller = select.poll()
-                    poller.register(sock.fileno(), _WRITE_EVENTS)
-                    if not self._wait(poller):
-                        raise self._timed_out("connecting")
-                    result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if result == 0:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return sock
-                last_error = os.strerror(result)
-            except BaseException:
-                sock.close()
-                raise
-            sock.close()
-        raise ConnectFailed(last_error)
-
-    def _wait(self, poller: select.poll) -> bool:
-        return _wait_for(poller, self.deadline, self.check_interrupts, self.check_interval)
-
-    def _read_info(self, sock: socket.socket, parser: proto.Parser) -> dict[str, Any]:
-        poller = select.poll()
-        poller.register(sock.fileno(), _READ_EVENTS)
-        while True:
-            if not self._wait(poller):
-                raise self._timed_out("waiting for the server's INFO")
-            try:
-                data = sock.recv(READ_SIZE)
-            except _WOULD_BLOCK:
-                continue
-            except OSError as exc:
-                raise ConnectFailed(exc.strerror or str(exc)) from None
-            if not data:
-                raise ConnectFailed("the server closed the connection before its INFO")
-            try:
-                events = parser.feed(data)
-            except proto.ProtocolError as exc:
-                raise ConnectFailed(f"not a NATS server? ({exc})") from None
-            if events:
-                first = events[0]
-                if not isinstance(first, proto.Info):
-                    raise ConnectFailed("not a NATS server? (its first message was not INFO)")
-                return dict(first.fields)
-
-    def _maybe_start_tls(
-        self, sock: socket.socket, info: dict[str, Any]
-    ) -> tuple[socket.socket, bool]:
-        server_requires = bool(info.get("tls_required"))
-        server_offers = server_requires or bool(info.get("tls_available"))
-        if not (server_requires or self.settings.tls_required):
-            return sock, False
-        if not server_offers:
-            raise ConnectFailed(
-                "TLS was asked for (tls:// URL or TLS options) but the server does not offer it"
-            )
-        try:
-            context = self.settings.ssl_context() or ssl.create_default_context()
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(
-                f"cannot load the TLS files: {exc}",
-                hint="check tls_ca_path, tls_cert_path and tls_key_path; the files must be "
-                "readable by the operating-system user PostgreSQL runs as",
-            ) from None
-        tls_sock = context.wrap_socket(
-            sock, server_hostname=self.endpoint.host, do_handshake_on_connect=False
-        )
-        readable = select.poll()
-        readable.register(tls_sock.fileno(), _READ_EVENTS)
-        writable = select.poll()
-        writable.register(tls_sock.fileno(), _WRITE_EVENTS)
-        while True:
-            try:
-                tls_sock.do_handshake()
-                return tls_sock, True
-            except ssl.SSLWantReadError:
-                ready = self._wait(readable)
-            except ssl.SSLWantWriteError:
-                ready = self._wait(writable)
-            except ssl.SSLCertVerificationError as exc:
-                raise ConnectFailed(
-                    f"TLS handshake failed: the server's certificate was not accepted "
-                    f"({exc.verify_message})",
-                    hint="tls_ca_path must name the CA that signed the server's certificate"
-                    if self.settings.tls_ca_path
-                    else "the server uses TLS: set tls_ca_path to the CA that signed its "
-                    "certificate (without it, only the system's CAs are trusted)",
-                ) from None
-            except ssl.SSLError as exc:
-                raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}") from None
-            except OSError as exc:
-                raise ConnectFailed(f"TLS handshake failed: {exc.strerror or exc}") from None
-            if not ready:
-                raise self._timed_out("in the TLS handshake")
-
-    def _handshake(self, connection: NatsConnection, options: dict[str, Any], tls: bool) -> None:
-        """CONNECT, then PING: the PONG (or a -ERR) says whether the server accepted us."""
-        try:
-            connection.ping(self.deadline - time.monotonic(), before=proto.connect_frame(options))
-        except ServerError as exc:
-            message = exc.server_message
-            if _is_auth_error(message):
-                raise ConnectFailed(
-                    f"authentication failed ({message})",
-                    hint="check the user mapping's options for this role "
-                    "(user/password, token, creds_path or nkey_seed_path)",
-                    sqlstate=SQLSTATE_AUTH_FAILED,
-                ) from None
-            raise ConnectFailed(f"the server refused the connection ({message})") from None
-        except Lost as exc:
-            hint = None
-            if tls and not self.settings.tls_cert_path:
-                hint = "the server may require a client certificate (tls_cert_path, tls_key_path)"
-            raise ConnectFailed(
-                f"the server closed the connection during the handshake ({exc.reason})", hint=hint
-            ) from None
-        except NatsTimeout:
-            raise self._timed_out("waiting for the server to accept CONNECT") from None
