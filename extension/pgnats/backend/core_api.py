@@ -99,50 +99,32 @@ def nats_request_jsonb(subject: str, payload: str, timeout: int | None) -> bytes
     return _request("jsonb", subject, payload, timeout)
 
 
-# Columns of pgnats.server_info and the INFO field each comes from.
-_TEXT_COLUMNS = {
-    "server_id": "server_id",
-    "server_name": "server_name",
-    "version": "version",
-    "go": "go",
-    "host": "host",
-    "client_ip": "client_ip",
-    "nonce": "nonce",
-    "cluster": "cluster",
-    "domain": "domain",
-    "git_commit": "git_commit",
-}
-_INT_COLUMNS = {
-    "port": "port",
-    "max_payload": "max_payload",
-    "proto": "proto",
-    "client_id": "client_id",
-}
+# The INFO fields that make the columns of pgnats.server_info, by type. Each column has its
+# field's name, but lame_duck_mode (field "ldm").
+_TEXT_COLUMNS = (
+    "server_id", "server_name", "version", "go", "host", "client_ip", "nonce", "cluster",
+    "domain", "git_commit",
+)  # fmt: skip
+_INT_COLUMNS = ("port", "max_payload", "proto", "client_id")
 # The server leaves these out of INFO when they are false (Go's omitempty).
-_BOOL_COLUMNS = {
-    "headers": "headers",
-    "auth_required": "auth_required",
-    "tls_required": "tls_required",
-    "tls_verify": "tls_verify",
-    "jetstream": "jetstream",
-    "lame_duck_mode": "ldm",
-}
-_JSON_COLUMNS = {"connect_urls": "connect_urls", "ws_connect_urls": "ws_connect_urls"}
+_BOOL_COLUMNS = ("headers", "auth_required", "tls_required", "tls_verify", "jetstream", "ldm")
+_JSON_COLUMNS = ("connect_urls", "ws_connect_urls")
+_COLUMN_NAMES = {"ldm": "lame_duck_mode"}
 
 
-def server_info_row(info: dict[str, Any]) -> dict[str, Any]:
+def _server_info_row(info: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for column, field in _TEXT_COLUMNS.items():
+    for field in _TEXT_COLUMNS:
         value = info.get(field)
-        row[column] = None if value is None or value == "" else str(value)
-    for column, field in _INT_COLUMNS.items():
+        row[field] = None if value is None or value == "" else str(value)
+    for field in _INT_COLUMNS:
         value = info.get(field)
-        row[column] = None if value is None else int(value)
-    for column, field in _BOOL_COLUMNS.items():
-        row[column] = bool(info.get(field, False))
-    for column, field in _JSON_COLUMNS.items():
+        row[field] = None if value is None else int(value)
+    for field in _BOOL_COLUMNS:
+        row[_COLUMN_NAMES.get(field, field)] = bool(info.get(field, False))
+    for field in _JSON_COLUMNS:
         value = info.get(field)
-        row[column] = None if value is None else json.dumps(value)
+        row[field] = None if value is None else json.dumps(value)
     return row
 
 
@@ -151,6 +133,6 @@ def nats_get_server_info() -> dict[str, Any]:
     try:
         connection = checked_connection()
         connection.ping(connection.settings.request_timeout_ms / 1000)
-        return server_info_row(connection.info)
+        return _server_info_row(connection.info)
     except PgnatsError as exc:
         raise as_plpy_error(exc) from None
