@@ -178,6 +178,26 @@ def test_file_that_is_not_a_creds_file(
             conn.execute("SELECT nats_publish_text('a.b', 'x')")
 
 
+def test_nkey_without_pynacl_says_what_to_install(
+    stack: Stack, make_database: MakeDatabase, make_server: MakeServer, shared_dir: Path
+) -> None:
+    seed, public_key = new_user_seed()
+    server = make_server(f'authorization {{ users: [ {{ nkey: "{public_key}" }} ] }}')
+    with session_for(stack, make_database, server.url) as conn:
+        map_user(conn, f"nkey_seed_path '{write(shared_dir / 'user.nk', seed)}'")
+        # This backend's Python now behaves as if PyNaCl were not installed.
+        conn.execute(
+            "DO LANGUAGE plpython3u $$\n"
+            "import sys\n"
+            "sys.modules.pop('nkeys', None)\n"
+            "sys.modules['nacl'] = None\n"
+            "$$"
+        )
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="needs PyNaCl") as excinfo:
+            conn.execute("SELECT nats_publish_text('a.b', 'x')")
+        assert "python3-nacl" in (excinfo.value.diag.message_hint or "")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
