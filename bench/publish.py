@@ -14,6 +14,10 @@ TCP_NODELAY, where each frame goes on the wire when ``sendall`` returns, which i
 nats_publish_text does (every NATS client does the same), so that a message never waits
 for anything once the call returned.
 
+For comparison, nats_publish_text is also measured with Nagle left on (in a session of its
+own that sets ``nats_connect.TCP_NODELAY = False`` before connecting): that is what the
+choice of TCP_NODELAY costs in throughput.
+
 Each run is ``SELECT f('bench.x', 'hello') FROM generate_series(1, N)``, and every run's N
 messages must reach a subscriber or the benchmark fails. Rounds alternate between the
 publishers and the best round of each counts, so all see the same machine load.
@@ -62,7 +66,18 @@ PUBLISHERS = {
     "bound": "bench_bound",
     "bound, TCP_NODELAY": "bench_bound_nodelay",
     "nats_publish_text": "nats_publish_text",
+    "nats_publish_text, Nagle": "nats_publish_text",  # in a session of its own, see below
 }
+
+# For comparison only: the same nats_publish_text with Nagle's algorithm left on, in a
+# session whose pgnats module is told so before it connects.
+NAGLE_SESSION_SETUP = """
+DO LANGUAGE plpython3u $$
+plpy.execute('SELECT pgnats._load_python()')
+from pgnats.backend import nats_connect
+nats_connect.TCP_NODELAY = False
+$$
+"""
 
 
 class FrameCounter:
@@ -208,6 +223,26 @@ def request_rate(conn: psycopg.Connection[tuple[object, ...]], count: int) -> fl
     return count / elapsed
 
 
+LABELS = {
+    "bound": "bound (raw socket sendall, no checks)",
+    "bound, TCP_NODELAY": "bound with TCP_NODELAY",
+    "nats_publish_text": "nats_publish_text",
+    "nats_publish_text, Nagle": "nats_publish_text with Nagle on",
+}
+
+
+def report(rates: dict[str, float]) -> None:
+    for name, label in LABELS.items():
+        print(f"  {label:<50} {rates[name]:>10,.0f} msgs/s")
+    for ours, bound in (
+        ("nats_publish_text", "bound"),
+        ("nats_publish_text", "bound, TCP_NODELAY"),
+        ("nats_publish_text, Nagle", "bound"),
+    ):
+        label = f"ratio {LABELS[ours]} / {bound}"
+        print(f"  {label:<50} {rates[ours] / rates[bound]:>10.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=50_000, help="N per publish run")
@@ -220,7 +255,10 @@ def main() -> None:
     try:
         stack.up()
         nats_url = stack.nats.url
-        with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
+        with (
+            psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn,
+            psycopg.connect(stack.postgres.dsn(), autocommit=True) as nagle_conn,
+        ):
             conn.execute("CREATE EXTENSION pgnats CASCADE")
             conn.execute(
                 "CREATE SERVER nats_server FOREIGN DATA WRAPPER pgnats_fdw "
@@ -233,9 +271,16 @@ def main() -> None:
             counter = FrameCounter("127.0.0.1", stack.nats.port)
 
             expected = 0
-            backend_pid = int(str(scalar(conn, "SELECT pg_backend_pid()")))
-            for function in PUBLISHERS.values():  # connect and warm up, untimed
-                publish_run(conn, backend_pid, function, 100)
+            nagle_conn.execute(NAGLE_SESSION_SETUP)
+            sessions = {
+                name: (nagle_conn if name.endswith("Nagle") else conn) for name in PUBLISHERS
+            }
+            pids = {
+                name: int(str(scalar(session, "SELECT pg_backend_pid()")))
+                for name, session in sessions.items()
+            }
+            for name, function in PUBLISHERS.items():  # connect and warm up, untimed
+                publish_run(sessions[name], pids[name], function, 100)
                 expected += 100
             counter.wait_for(expected, 30)
 
@@ -243,13 +288,15 @@ def main() -> None:
             cpu_rates: dict[str, list[float]] = {name: [] for name in PUBLISHERS}
             for round_number in range(1, args.rounds + 1):
                 for name, function in PUBLISHERS.items():
-                    rate, cpu_rate = publish_run(conn, backend_pid, function, args.messages)
+                    rate, cpu_rate = publish_run(
+                        sessions[name], pids[name], function, args.messages
+                    )
                     expected += args.messages
                     counter.wait_for(expected, 60)
                     best[name] = max(best[name], rate)
                     cpu_rates[name].append(cpu_rate)
                     print(
-                        f"round {round_number}: {name:<18} {rate:>10,.0f} msgs/s, "
+                        f"round {round_number}: {name:<25} {rate:>9,.0f} msgs/s, "
                         f"{cpu_rate:>10,.0f} per backend CPU second (all received)"
                     )
 
@@ -258,22 +305,12 @@ def main() -> None:
             sql_requests = max(request_rate(conn, args.requests) for _ in range(3))
             py_requests = max(nats_py_request_rate(nats_url, args.requests) for _ in range(3))
 
-        bound, bound_nodelay, ours = (best[name] for name in PUBLISHERS)
         print()
         print(f"publish: {args.messages:,} messages per run, best of {args.rounds} rounds")
-        print(f"  bound (raw socket sendall, no checks)   {bound:>10,.0f} msgs/s")
-        print(f"  bound with TCP_NODELAY                  {bound_nodelay:>10,.0f} msgs/s")
-        print(f"  nats_publish_text                       {ours:>10,.0f} msgs/s")
-        print(f"  ratio nats_publish_text / bound         {ours / bound:>10.1%}")
-        print(f"  ratio nats_publish_text / NODELAY bound {ours / bound_nodelay:>10.1%}")
+        report(best)
         # The machine is shared: CPU time per message does not count waiting for a core.
-        cpu = [statistics.median(cpu_rates[name]) for name in PUBLISHERS]
         print("publish per second of the backend's CPU time (median of the rounds)")
-        print(f"  bound (raw socket sendall, no checks)   {cpu[0]:>10,.0f} msgs/s")
-        print(f"  bound with TCP_NODELAY                  {cpu[1]:>10,.0f} msgs/s")
-        print(f"  nats_publish_text                       {cpu[2]:>10,.0f} msgs/s")
-        print(f"  ratio nats_publish_text / bound         {cpu[2] / cpu[0]:>10.1%}")
-        print(f"  ratio nats_publish_text / NODELAY bound {cpu[2] / cpu[1]:>10.1%}")
+        report({name: statistics.median(rates) for name, rates in cpu_rates.items()})
         print(f"request: {args.requests:,} round trips per run against a nats-py echo, best of 3")
         print(f"  nats_request_text                       {sql_requests:>10,.0f} round trips/s")
         print(f"  nats-py request (plain Python process)  {py_requests:>10,.0f} round trips/s")

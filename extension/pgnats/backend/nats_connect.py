@@ -37,6 +37,12 @@ from pgnats.errors import ConnectFailed, NatsTimeout
 
 SQLSTATE_AUTH_FAILED = "28000"  # invalid_authorization_specification
 
+# Nagle's algorithm off: each frame goes on the wire when its send returns, instead of
+# waiting in the kernel for the server to acknowledge earlier ones (up to its delayed-ACK
+# timeout, 40 ms on Linux, when the server expects to answer). Every NATS client does the
+# same. bench/publish.py turns it off in its own session to measure what it costs.
+TCP_NODELAY = True
+
 
 def open_connection(
     settings: ConnectSettings,
@@ -168,7 +174,8 @@ class _Opener:
                         raise self._timed_out("connecting")
                     result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if result == 0:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if TCP_NODELAY:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     return sock
                 last_error = os.strerror(result)
             except BaseException:
