@@ -20,7 +20,9 @@ choice of TCP_NODELAY costs in throughput.
 
 Each run is ``SELECT f('bench.x', 'hello') FROM generate_series(1, N)``, and every run's N
 messages must reach a subscriber or the benchmark fails. Rounds alternate between the
-publishers and the best round of each counts, so all see the same machine load.
+publishers and the best round of each counts, so all see the same machine load. The
+machine being shared, it also prints messages per second of the backend's own CPU time
+(median of the rounds), which leaves out the time spent waiting for a core.
 """
 
 from __future__ import annotations
