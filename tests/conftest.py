@@ -15,6 +15,7 @@ import pytest
 from devstack.nats import NatsServer
 from devstack.ports import free_port
 from devstack.stack import Stack
+from tests.nats_helpers import NatsSide
 
 _database_numbers = itertools.count(1)
 
@@ -95,3 +96,13 @@ def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
     finally:
         server.stop()
         shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_side() -> Iterator[NatsSide]:
+    """nats-py subscribers and responders on the test's side, driven synchronously."""
+    side = NatsSide()
+    try:
+        yield side
+    finally:
+        side.close()

@@ -6,6 +6,17 @@ are re-exported here, so this file is the index of the SQL interface.
 
 from __future__ import annotations
 
+from pgnats.backend.core_api import (
+    nats_get_server_info,
+    nats_publish_binary,
+    nats_publish_json,
+    nats_publish_jsonb,
+    nats_publish_text,
+    nats_request_binary,
+    nats_request_json,
+    nats_request_jsonb,
+    nats_request_text,
+)
 from pgnats.backend.kv_api import (
     nats_delete_value,
     nats_get_binary,
@@ -25,6 +36,7 @@ from pgnats.backend.object_store_api import (
     nats_get_file_list,
     nats_put_file,
 )
+from pgnats.backend.reload_api import pgnats_reload_conf, pgnats_reload_conf_force
 from pgnats.backend.stream_api import (
     nats_publish_binary_stream,
     nats_publish_json_stream,
@@ -42,15 +54,26 @@ __all__ = [
     "nats_get_file_list",
     "nats_get_json",
     "nats_get_jsonb",
+    "nats_get_server_info",
     "nats_get_text",
+    "nats_publish_binary",
     "nats_publish_binary_stream",
+    "nats_publish_json",
     "nats_publish_json_stream",
+    "nats_publish_jsonb",
     "nats_publish_jsonb_stream",
+    "nats_publish_text",
     "nats_publish_text_stream",
     "nats_put_binary",
     "nats_put_file",
     "nats_put_json",
     "nats_put_jsonb",
     "nats_put_text",
+    "nats_request_binary",
+    "nats_request_json",
+    "nats_request_jsonb",
+    "nats_request_text",
+    "pgnats_reload_conf",
+    "pgnats_reload_conf_force",
     "pgnats_version",
 ]

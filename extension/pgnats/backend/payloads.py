@@ -71,6 +71,19 @@ def _check_header_value(name: str, value: object) -> str:
     return value
 
 
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
+
+
 def parse_headers(headers: str | None) -> Headers | None:
     """Validate a jsonb ``headers`` argument; ``None`` when there are none."""
     if headers is None:
@@ -81,7 +94,7 @@ def parse_headers(headers: str | None) -> Headers | None:
         raise InvalidInput(f"headers are not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidInput(
-            f"headers must be a JSON object, not {type(parsed).__name__}",
+            f"headers must be a JSON object, not {_json_kind(parsed)}",
             hint='for example {"Content-Type": "application/json"}',
         )
     pairs: Headers = []
