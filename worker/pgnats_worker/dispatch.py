@@ -1,0 +1,619 @@
+"""Calling the callbacks of one role in one database.
+
+A :class:`RoleDispatcher` owns a queue of deliveries and a PostgreSQL connection of its own
+(one per role, so that what one role's callbacks leave in the session, temporary tables or
+settings, never reaches another role's). It takes everything waiting (up to the batch size),
+groups it by subscription and callback, and runs one transaction:
+
+    BEGIN; SELECT pg_current_xact_id();
+    RESET ALL; SELECT * FROM pgnats._dispatch(role, callback, payloads, false);  -- per group
+    RESET ALL; UNLISTEN *; <counters>;
+    COMMIT;
+
+all but the COMMIT in one round trip. pgnats._dispatch runs the callback once per payload in
+one statement, as the subscribing role (see pgnats--1.0.sql). When anything fails, the batch
+is rolled back and run again with every group in a savepoint; a group that fails again is
+run message by message, each in a subtransaction, and the failing messages are recorded in
+pgnats.subscription_failures in that same transaction. So the common case pays nothing for
+the isolation, and a message either reaches its callback's committed work or is recorded.
+
+When the connection is lost before COMMIT was sent, nothing was committed and the batch is
+run again. When it is lost during COMMIT, the transaction ID read at BEGIN tells, after
+reconnecting, whether it committed (pg_xact_status); only if PostgreSQL cannot tell any more
+are the messages recorded as failures with an "outcome unknown" error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.numeric import Oid
+
+from pgnats_worker.backoff import Backoff
+from pgnats_worker.logs import RateLimit, log_event
+from pgnats_worker.model import Delivery, Failure, Target
+
+Conn = psycopg.AsyncConnection[Any]
+
+SQLSTATE_DISPATCHER_MODIFIED = "PN101"
+SQLSTATE_ADMIN_SHUTDOWN = "57P01"
+
+XID_QUERY = "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text"
+PREPARE_QUERY = "SELECT pgnats._prepare_dispatch(%s)"
+DISPATCH_QUERY = "SELECT * FROM pgnats._dispatch(%s, %s, %s, %s)"
+XACT_STATUS_QUERY = "SELECT pg_catalog.pg_xact_status(%s::pg_catalog.xid8)"
+
+STATS_UPSERT = """
+INSERT INTO pgnats.subscription_stats AS st
+       (subject, callback, processed, failed, last_message_at, last_failure_at)
+SELECT u.subject, u.callback, u.processed, u.failed, pg_catalog.now(),
+       CASE WHEN u.failed > 0 THEN pg_catalog.now() END
+  FROM ROWS FROM (pg_catalog.unnest(%s::pg_catalog.text[]),
+                  pg_catalog.unnest(%s::pg_catalog.oid[]),
+                  pg_catalog.unnest(%s::pg_catalog.int8[]),
+                  pg_catalog.unnest(%s::pg_catalog.int8[]))
+       AS u(subject, callback, processed, failed)
+ WHERE EXISTS (SELECT FROM pgnats.subscriptions s
+                WHERE s.subject = u.subject AND s.callback::pg_catalog.oid = u.callback)
+ON CONFLICT (subject, callback) DO UPDATE
+   SET processed = st.processed + excluded.processed,
+       failed = st.failed + excluded.failed,
+       last_message_at = excluded.last_message_at,
+       last_failure_at = coalesce(excluded.last_failure_at, st.last_failure_at)
+"""
+
+FAILURES_INSERT = """
+INSERT INTO pgnats.subscription_failures
+       (subject, subscription, callback, role, payload, error, sqlstate, detail, hint, context,
+        received_at)
+SELECT * FROM ROWS FROM (
+       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
+       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
+       pg_catalog.unnest(%s::pg_catalog.bytea[]), pg_catalog.unnest(%s::pg_catalog.text[]),
+       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
+       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
+       pg_catalog.unnest(%s::pg_catalog.timestamptz[]))
+"""
+
+OUTCOME_UNKNOWN = Failure(
+    sqlstate="08007",  # transaction_resolution_unknown
+    message="the connection to PostgreSQL was lost during COMMIT and PostgreSQL can no "
+    "longer tell whether the transaction committed; the callback may or may not have run",
+)
+WORKER_STOPPED = Failure(
+    sqlstate=SQLSTATE_ADMIN_SHUTDOWN,
+    message="the pgnats worker stopped before this message was processed",
+)
+
+
+@dataclass
+class Group:
+    """The deliveries of one batch for one subscription and callback, in arrival order."""
+
+    subscription: str
+    target: Target
+    deliveries: list[Delivery]
+    failures: dict[int, Failure] = field(default_factory=dict)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [delivery.payload for delivery in self.deliveries]
+
+    def fail_all(self, failure: Failure) -> None:
+        self.failures = dict.fromkeys(range(len(self.deliveries)), failure)
+
+
+def group_deliveries(batch: list[Delivery]) -> list[Group]:
+    groups: dict[tuple[str, int], Group] = {}
+    for delivery in batch:
+        key = (delivery.subscription, delivery.target.callback)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(delivery.subscription, delivery.target, [])
+        group.deliveries.append(delivery)
+    return list(groups.values())
+
+
+def trim_context(context: str | None) -> str | None:
+    """The callback's part of an error context, without pgnats' own dispatch frames."""
+    if not context:
+        return None
+    lines = context.splitlines()
+    for position, line in enumerate(lines):
+        if ".pgnats_call(" in line or "pgnats._dispatch(" in line:
+            lines = lines[:position]
+            break
+    if lines and lines[-1].startswith('SQL statement "SELECT '):
+        lines = lines[:-1]
+    return "\n".join(lines) or None
+
+
+def failure_from_error(error: psycopg.Error) -> Failure:
+    diag = error.diag
+    return Failure(
+        sqlstate=diag.sqlstate,
+        message=diag.message_primary or str(error),
+        detail=diag.message_detail,
+        hint=diag.message_hint,
+        context=trim_context(diag.context),
+    )
+
+
+class _ConnectionLost(Exception):
+    """The connection broke; ``xid`` is set when it broke during COMMIT."""
+
+    def __init__(self, xid: str | None) -> None:
+        super().__init__(xid)
+        self.xid = xid
+
+
+class _Aborted(Exception):
+    """The work in flight was cancelled because the worker is stopping."""
+
+
+class _BatchFailed(Exception):
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_lost(conn: Conn) -> bool:
+    return bool(conn.closed or conn.broken)
+
+
+class RoleDispatcher:
+    def __init__(
+        self,
+        *,
+        database: str,
+        conninfo: str,
+        target_role: int,
+        role_name: str,
+        batch_size: int,
+        on_done: Callable[[int], None],
+    ) -> None:
+        self.database = database
+        self.role = target_role
+        self.role_name = role_name
+        self._conninfo = conninfo
+        self._batch_size = batch_size
+        self._on_done = on_done
+        self.queue: deque[Delivery] = deque()
+        self._wakeup = asyncio.Event()
+        self._aborted = asyncio.Event()
+        self._stopping = False
+        self._conn: Conn | None = None
+        self._prepared = False
+        self._reconnect_requested = False
+        self._busy = False
+        self._failure_logs: dict[tuple[str, int], RateLimit] = {}
+        self._lost_log = RateLimit(burst=1, period=30.0)
+        self.task: asyncio.Task[None] | None = None
+
+    # -- control from the database worker ---------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"dispatch {self.database}/{self.role}")
+
+    def enqueue(self, delivery: Delivery) -> None:
+        self.queue.append(delivery)
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        """Process what is queued, then exit."""
+        self._stopping = True
+        self._wakeup.set()
+
+    def request_reconnect(self) -> None:
+        """Open a new connection before the next batch (pgnats_reload_conf_force)."""
+        self._reconnect_requested = True
+
+    async def abort(self) -> None:
+        """Cancel the batch in flight (it rolls back whole), record what is left as not
+        processed, and exit."""
+        self._stopping = True
+        self._aborted.set()
+        self._wakeup.set()
+        conn = self._conn
+        if self._busy and conn is not None and not _is_lost(conn):
+            try:
+                await conn.cancel_safe(timeout=2.0)
+            except (psycopg.Error, OSError) as exc:
+                log_event(logging.DEBUG, f"cancel failed: {exc}", database=self.database)
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    # -- the loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while not self._aborted.is_set():
+                if not self.queue:
+                    if self._stopping:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                count = min(len(self.queue), self._batch_size)
+                batch = list(itertools.islice(self.queue, count))
+                self._busy = True
+                try:
+                    delivered = await self._deliver(batch)
+                finally:
+                    self._busy = False
+                if not delivered:
+                    break
+                for _ in range(count):
+                    self.queue.popleft()
+                self._on_done(count)
+            if self.queue:
+                await self._record_abandoned()
+        finally:
+            await self._close()
+
+    async def _deliver(self, batch: list[Delivery]) -> bool:
+        """Run the batch until it is committed or recorded; False when aborted."""
+        groups = group_deliveries(batch)
+        recording: Failure | None = None  # set: record every delivery as failed instead
+        backoff = Backoff()
+        while not self._aborted.is_set():
+            try:
+                conn = await self._connection()
+                if recording is None:
+                    await self._run_batch(conn, groups)
+                else:
+                    for group in groups:
+                        group.fail_all(recording)
+                    await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
+                self._log_failures(groups)
+                return True
+            except _ConnectionLost as lost:
+                await self._drop_connection()
+                if lost.xid is not None:
+                    outcome = await self._resolve(lost.xid)
+                    if outcome == "committed":
+                        self._log_failures(groups)
+                        return True
+                    if outcome == "unknown":
+                        recording = OUTCOME_UNKNOWN
+                        continue
+                if self._lost_log.allow():
+                    log_event(
+                        logging.WARNING,
+                        "lost the connection to PostgreSQL; the batch will be run again",
+                        database=self.database,
+                        role=self.role_name,
+                        messages=len(batch),
+                    )
+                await self._sleep(backoff.next_delay())
+            except _Aborted:
+                await self._rollback_quietly()
+                return False
+            except (psycopg.Error, OSError) as exc:
+                # Could not connect (or prepare the connection): try again, forever.
+                await self._drop_connection()
+                if self._lost_log.allow():
+                    log_event(
+                        logging.WARNING,
+                        f"cannot reach PostgreSQL, retrying: {exc}",
+                        database=self.database,
+                        role=self.role_name,
+                    )
+                await self._sleep(backoff.next_delay())
+            except _BatchFailed as failed:
+                # Even recording the failures did not work (a read-only database, a full
+                # disk): keep the messages and try again later.
+                await self._rollback_quietly()
+                log_event(
+                    logging.ERROR,
+                    f"cannot record the batch, retrying: {failed.error}",
+                    database=self.database,
+                    role=self.role_name,
+                    messages=len(batch),
+                )
+                await self._sleep(backoff.next_delay())
+        return False
+
+    async def _run_batch(self, conn: Conn, groups: list[Group]) -> None:
+        for group in groups:
+            group.failures = {}
+        try:
+            await self._run_transaction(conn, self._optimistic(groups), pipelined=True)
+            return
+        except _BatchFailed:
+            await self._rollback(conn)
+        try:
+            await self._run_transaction(conn, self._isolating(groups), pipelined=False)
+            return
+        except _BatchFailed as failed:
+            # Not a callback's failure (those are isolated): the counters, or COMMIT (a
+            # deferred constraint, say). Record every message with that error instead.
+            await self._rollback(conn)
+            failure = failure_from_error(failed.error)
+        for group in groups:
+            group.fail_all(failure)
+        await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
+
+    # -- the three kinds of transaction -------------------------------------------------
+    def _optimistic(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
+        async def body(conn: Conn) -> None:
+            for group in groups:
+                await conn.execute("RESET ALL")
+                await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
+            await self._write_bookkeeping(conn, groups)
+
+        return body
+
+    def _isolating(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
+        async def body(conn: Conn) -> None:
+            # Deferred constraints are checked per message, where a failure can be isolated.
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            for group in groups:
+                await self._run_group_isolated(conn, group)
+            await self._write_bookkeeping(conn, groups)
+
+        return body
+
+    def _bookkeeping(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
+        async def body(conn: Conn) -> None:
+            await self._write_bookkeeping(conn, groups)
+
+        return body
+
+    async def _run_group_isolated(self, conn: Conn, group: Group) -> None:
+        await conn.execute("RESET ALL")
+        await conn.execute("SAVEPOINT pgnats_group")
+        try:
+            await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
+            await conn.execute("RELEASE SAVEPOINT pgnats_group")
+            return
+        except psycopg.Error:
+            self._raise_if_lost_or_aborted(conn)
+            await conn.execute("ROLLBACK TO SAVEPOINT pgnats_group")
+        await conn.execute("RESET ALL")
+        try:
+            cursor = await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=True))
+            for idx, sqlstate, message, detail, hint, context in await cursor.fetchall():
+                group.failures[idx - 1] = Failure(
+                    sqlstate, message, detail or None, hint or None, trim_context(context)
+                )
+            await conn.execute("RELEASE SAVEPOINT pgnats_group")
+        except psycopg.Error as exc:
+            # The group cannot run at all: its callback was dropped, or the dispatch
+            # function was tampered with.
+            self._raise_if_lost_or_aborted(conn)
+            await conn.execute("ROLLBACK TO SAVEPOINT pgnats_group")
+            if exc.diag.sqlstate == SQLSTATE_DISPATCHER_MODIFIED:
+                self._prepared = False
+            group.fail_all(failure_from_error(exc))
+
+    def _dispatch_params(self, group: Group, *, isolate: bool) -> tuple[Any, ...]:
+        return (Oid(self.role), Oid(group.target.callback), group.payloads, isolate)
+
+    async def _write_bookkeeping(self, conn: Conn, groups: list[Group]) -> None:
+        # Undo whatever the callbacks did to the session's settings before our own SQL.
+        await conn.execute("RESET ALL")
+        await conn.execute("UNLISTEN *")
+        await conn.execute(
+            STATS_UPSERT,
+            (
+                [group.subscription for group in groups],
+                [Oid(group.target.callback) for group in groups],
+                [len(group.deliveries) - len(group.failures) for group in groups],
+                [len(group.failures) for group in groups],
+            ),
+        )
+        failed = [
+            (group, group.deliveries[index], failure)
+            for group in groups
+            for index, failure in sorted(group.failures.items())
+        ]
+        if failed:
+            await conn.execute(
+                FAILURES_INSERT,
+                (
+                    [delivery.subject for _, delivery, _ in failed],
+                    [group.subscription for group, _, _ in failed],
+                    [group.target.callback_name for group, _, _ in failed],
+                    [group.target.role_name for group, _, _ in failed],
+                    [delivery.payload for _, delivery, _ in failed],
+                    [failure.message for _, _, failure in failed],
+                    [failure.sqlstate for _, _, failure in failed],
+                    [failure.detail for _, _, failure in failed],
+                    [failure.hint for _, _, failure in failed],
+                    [failure.context for _, _, failure in failed],
+                    [
+                        datetime.fromtimestamp(delivery.received_at, UTC)
+                        for _, delivery, _ in failed
+                    ],
+                ),
+            )
+
+    # -- transactions and connection state ----------------------------------------------
+    async def _run_transaction(
+        self, conn: Conn, body: Callable[[Conn], Awaitable[None]], *, pipelined: bool
+    ) -> None:
+        xid: str | None = None
+        try:
+            if pipelined:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    cursor = await conn.execute(XID_QUERY)
+                    await body(conn)
+            else:
+                await conn.execute("BEGIN")
+                cursor = await conn.execute(XID_QUERY)
+                await body(conn)
+            row = await cursor.fetchone()
+            assert row is not None
+            xid = str(row[0])
+        except psycopg.Error as exc:
+            self._raise_if_lost_or_aborted(conn)
+            raise _BatchFailed(exc) from exc
+        try:
+            await conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            if _is_lost(conn):
+                raise _ConnectionLost(xid) from exc
+            raise _BatchFailed(exc) from exc
+
+    def _raise_if_lost_or_aborted(self, conn: Conn) -> None:
+        if _is_lost(conn):
+            raise _ConnectionLost(None)
+        if self._aborted.is_set():
+            raise _Aborted()
+
+    async def _connection(self) -> Conn:
+        conn = self._conn
+        if conn is not None and (_is_lost(conn) or self._reconnect_requested):
+            await self._drop_connection()
+            conn = None
+        if conn is None:
+            self._reconnect_requested = False
+            # No server-side prepared statements: psycopg loses track of them when a
+            # pipeline aborts, and these statements are cheap to plan.
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, prepare_threshold=None
+            )
+            conn.add_notice_handler(self._on_notice)
+            self._conn = conn
+            self._prepared = False
+        if not self._prepared:
+            await conn.execute(PREPARE_QUERY, (Oid(self.role),))
+            self._prepared = True
+        return conn
+
+    async def _drop_connection(self) -> None:
+        """Close the connection; a transaction still open on it is rolled back."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    async def _close(self) -> None:
+        await self._drop_connection()
+
+    async def _rollback(self, conn: Conn) -> None:
+        try:
+            await conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            self._raise_if_lost_or_aborted(conn)
+            raise _BatchFailed(exc) from exc
+
+    async def _rollback_quietly(self) -> None:
+        conn = self._conn
+        if (
+            conn is not None
+            and not _is_lost(conn)
+            and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        ):
+            try:
+                await conn.execute("ROLLBACK")
+            except psycopg.Error:
+                await self._drop_connection()
+
+    async def _resolve(self, xid: str) -> str:
+        """Whether the transaction ``xid`` committed: 'committed', 'aborted' or 'unknown'."""
+        backoff = Backoff(initial=0.05, maximum=2.0)
+        while True:
+            try:
+                conn = await self._connection()
+                cursor = await conn.execute(XACT_STATUS_QUERY, (xid,))
+                row = await cursor.fetchone()
+            except (psycopg.OperationalError, OSError):
+                await self._drop_connection()
+                if self._aborted.is_set():
+                    return "unknown"
+                await self._sleep(backoff.next_delay())
+                continue
+            except psycopg.Error as exc:
+                # "transaction ID ... is in the future": not the database it was.
+                log_event(logging.WARNING, f"cannot resolve {xid}: {exc}", database=self.database)
+                return "unknown"
+            status = row[0] if row is not None else None
+            if status == "in progress":
+                # The old backend has not noticed yet that its client is gone.
+                await self._sleep(backoff.next_delay())
+                continue
+            log_event(
+                logging.INFO if status == "committed" else logging.WARNING,
+                f"connection lost during COMMIT; transaction {xid} is {status or 'unknown'}",
+                database=self.database,
+                role=self.role_name,
+            )
+            return str(status) if status in ("committed", "aborted") else "unknown"
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._aborted.wait(), delay)
+
+    async def _record_abandoned(self) -> None:
+        """At shutdown: record what was not processed, so that it is not lost silently."""
+        pending = list(self.queue)
+        groups = group_deliveries(pending)
+        for group in groups:
+            group.fail_all(WORKER_STOPPED)
+        try:
+            await self._rollback_quietly()
+            conn = await self._connection()
+            await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
+        except (psycopg.Error, OSError, _ConnectionLost, _BatchFailed, _Aborted) as exc:
+            log_event(
+                logging.ERROR,
+                f"stopping: {len(pending)} received messages could not be processed or "
+                f"recorded and are lost ({exc!r})",
+                database=self.database,
+                role=self.role_name,
+            )
+            return
+        self._on_done(len(pending))
+        self.queue.clear()
+        log_event(
+            logging.WARNING,
+            f"stopping: {len(pending)} received messages were not processed; they are "
+            "recorded in pgnats.subscription_failures",
+            database=self.database,
+            role=self.role_name,
+        )
+
+    # -- logs -----------------------------------------------------------------------------
+    def _log_failures(self, groups: list[Group]) -> None:
+        for group in groups:
+            key = (group.subscription, group.target.callback)
+            limit = self._failure_logs.setdefault(key, RateLimit())
+            for index, failure in sorted(group.failures.items()):
+                if limit.allow():
+                    log_event(
+                        logging.WARNING,
+                        f"callback failed [{failure.sqlstate}] {failure.message}",
+                        database=self.database,
+                        subject=group.deliveries[index].subject,
+                        callback=group.target.callback_name,
+                        role=group.target.role_name,
+                    )
+            held_back = limit.take_suppressed()
+            if held_back:
+                log_event(
+                    logging.WARNING,
+                    f"{held_back} more callback failures (not logged one by one)",
+                    database=self.database,
+                    subject=group.subscription,
+                    callback=group.target.callback_name,
+                )
+
+    def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        log_event(
+            logging.INFO,
+            f"{diag.severity}: {diag.message_primary}",
+            database=self.database,
+            role=self.role_name,
+        )
