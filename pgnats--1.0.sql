@@ -426,7 +426,9 @@ CREATE TABLE pgnats.worker_heartbeat (
     heartbeat_interval interval NOT NULL,
     nats_connected boolean NOT NULL,
     nats_server text,
-    subscribed text[] NOT NULL DEFAULT '{}',
+    -- [{"subject": ..., "callback": <oid>}, ...]: what the worker serves, with a live NATS
+    -- subscription for each subject.
+    serving jsonb NOT NULL DEFAULT '[]',
     queued bigint NOT NULL DEFAULT 0,
     dropped bigint NOT NULL DEFAULT 0
 );
@@ -435,7 +437,10 @@ GRANT SELECT ON pgnats.worker_heartbeat TO PUBLIC;
 CREATE VIEW pgnats.worker_status AS
 SELECT h.pid, h.host, h.version, h.started_at, h.heartbeat_at,
        h.heartbeat_at > now() - 3 * h.heartbeat_interval AS active,
-       h.nats_connected, h.nats_server, h.subscribed, h.queued, h.dropped
+       h.nats_connected, h.nats_server,
+       ARRAY(SELECT DISTINCT x.subject FROM jsonb_to_recordset(h.serving) AS x(subject text)
+              ORDER BY 1) AS subscribed,
+       h.serving, h.queued, h.dropped
   FROM pgnats.worker_heartbeat h;
 GRANT SELECT ON pgnats.worker_status TO PUBLIC;
 
@@ -444,8 +449,9 @@ SELECT s.subject,
        s.callback,
        s.role,
        coalesce(w.active, false) AS worker_active,
-       coalesce(w.active AND w.nats_connected AND s.subject = ANY (w.subscribed), false)
-           AS subscribed,
+       coalesce(w.active AND w.nats_connected AND EXISTS (
+           SELECT FROM jsonb_to_recordset(w.serving) AS x(subject text, callback oid)
+            WHERE x.subject = s.subject AND x.callback = s.callback::oid), false) AS subscribed,
        coalesce(st.processed, 0) AS processed,
        coalesce(st.failed, 0) AS failed,
        coalesce(st.dropped, 0) AS dropped,

@@ -111,6 +111,7 @@ def wait_subscribed(conn: Conn, subject: str, timeout: float = 10.0) -> None:
 
 
 def wait_not_subscribed(conn: Conn, subject: str, timeout: float = 10.0) -> None:
+    """Wait until the worker has no NATS subscription for ``subject`` any more."""
     wait_value(
         conn,
         "SELECT %s = ANY (subscribed) FROM pgnats.worker_status",

@@ -29,6 +29,7 @@ from pgnats import __version__
 from pgnats.config import ConnectSettings
 from pgnats.errors import PgnatsError
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Oid
 
 from pgnats_worker.backoff import Backoff
@@ -50,7 +51,7 @@ POLL_INTERVAL = 0.25
 HEARTBEAT_UPSERT = """
 INSERT INTO pgnats.worker_heartbeat AS h
        (singleton, pid, host, version, started_at, heartbeat_at, heartbeat_interval,
-        nats_connected, nats_server, subscribed, queued, dropped)
+        nats_connected, nats_server, serving, queued, dropped)
 VALUES (true, %s, %s, %s, pg_catalog.to_timestamp(%s), pg_catalog.now(),
         pg_catalog.make_interval(secs => %s), %s, %s, %s, %s, %s)
 ON CONFLICT (singleton) DO UPDATE
@@ -58,7 +59,7 @@ ON CONFLICT (singleton) DO UPDATE
        started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
        heartbeat_interval = excluded.heartbeat_interval,
        nats_connected = excluded.nats_connected, nats_server = excluded.nats_server,
-       subscribed = excluded.subscribed, queued = excluded.queued, dropped = excluded.dropped
+       serving = excluded.serving, queued = excluded.queued, dropped = excluded.dropped
 """
 
 DROPPED_UPSERT = """
@@ -390,7 +391,7 @@ class DatabaseWorker:
                     self.options.heartbeat_interval,
                     link is not None and link.connected,
                     link.server if link is not None else None,
-                    link.subscribed if link is not None and self._receiving else [],
+                    Jsonb(self._serving(link)),
                     self._queued,
                     self._dropped_total,
                 ),
@@ -406,6 +407,18 @@ class DatabaseWorker:
                 )
         self._dropped_pending.subtract(dropped)
         self._dropped_pending = +self._dropped_pending
+
+    def _serving(self, link: NatsLink | None) -> list[dict[str, Any]]:
+        """The subscriptions with a live NATS subscription, for the heartbeat."""
+        if link is None or not self._receiving:
+            return []
+        live = set(link.subscribed)
+        return [
+            {"subject": subject, "callback": target.callback}
+            for subject, targets in sorted(self._targets.items())
+            if subject in live
+            for target in targets
+        ]
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):

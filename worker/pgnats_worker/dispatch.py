@@ -235,6 +235,22 @@ class RoleDispatcher:
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
+        """The loop, restarted (with the queue kept) should it ever fail unexpectedly."""
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception:
+                logging.getLogger(__name__).exception(
+                    "PGNATS database=%s role=%s: dispatcher failed; restarting it",
+                    self.database,
+                    self.role_name,
+                )
+                await self._drop_connection()
+                await self._sleep(backoff.next_delay())
+
+    async def _run(self) -> None:
         try:
             while not self._aborted.is_set():
                 if not self.queue:
