@@ -241,12 +241,14 @@ class RoleDispatcher:
             try:
                 await self._run()
                 return
-            except Exception:
-                logging.getLogger(__name__).exception(
-                    "PGNATS database=%s role=%s: dispatcher failed; restarting it",
-                    self.database,
-                    self.role_name,
+            except Exception as exc:
+                log_event(
+                    logging.ERROR,
+                    f"dispatcher failed, restarting it: {exc!r}",
+                    database=self.database,
+                    role=self.role_name,
                 )
+                logging.getLogger(__name__).debug("dispatcher failure", exc_info=True)
                 await self._drop_connection()
                 await self._sleep(backoff.next_delay())
 

@@ -40,6 +40,8 @@ def log_event(level: int, message: str, **context: object) -> None:
     fields = " ".join(
         f"{key}={_quote(value)}" for key, value in context.items() if value is not None
     )
+    # One line per event, even for libpq's multi-line error messages.
+    message = " ".join(message.split())
     logger.log(level, "PGNATS %s%s%s", fields, ": " if fields else "", message)
 
 
