@@ -512,9 +512,8 @@ DECLARE
     fn text;
     i integer;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r
-                    WHERE r.oid OPERATOR(pg_catalog.=) expected_role
-                      AND r.rolname OPERATOR(pg_catalog.=) current_user) THEN
+    IF pg_catalog.quote_ident(current_user) OPERATOR(pg_catalog.<>)
+       expected_role::pg_catalog.regrole::pg_catalog.text THEN
         RAISE EXCEPTION 'pgnats: dispatch function runs as %, not as role %', current_user, expected_role
             USING ERRCODE = 'PN101';
     END IF;
@@ -579,13 +578,49 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION pgnats._dispatch(role oid, callback oid, payloads bytea[], isolate boolean)
+-- Adds to the counters of one subscription, in the transaction of the batch they count.
+-- Written for a session whose settings a callback may have changed: qualified names only.
+CREATE FUNCTION pgnats._count(subscription text, callback oid, processed bigint, failed bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pgnats.subscription_stats st
+       SET processed = st.processed OPERATOR(pg_catalog.+) _count.processed,
+           failed = st.failed OPERATOR(pg_catalog.+) _count.failed,
+           last_message_at = pg_catalog.now(),
+           last_failure_at = CASE WHEN _count.failed OPERATOR(pg_catalog.>) 0
+                                  THEN pg_catalog.now() ELSE st.last_failure_at END
+     WHERE st.subject OPERATOR(pg_catalog.=) subscription
+       AND st.callback OPERATOR(pg_catalog.=) _count.callback;
+    IF NOT FOUND THEN  -- the first batch of this subscription
+        INSERT INTO pgnats.subscription_stats AS st
+               (subject, callback, processed, failed, last_message_at, last_failure_at)
+        SELECT subscription, _count.callback, _count.processed, _count.failed, pg_catalog.now(),
+               CASE WHEN _count.failed OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() END
+         WHERE EXISTS (SELECT FROM pgnats.subscriptions s
+                        WHERE s.subject OPERATOR(pg_catalog.=) subscription
+                          AND s.callback OPERATOR(pg_catalog.=)
+                              _count.callback::pg_catalog.regprocedure)
+        ON CONFLICT ON CONSTRAINT subscription_stats_pkey DO UPDATE
+           SET processed = st.processed OPERATOR(pg_catalog.+) excluded.processed,
+               failed = st.failed OPERATOR(pg_catalog.+) excluded.failed,
+               last_message_at = excluded.last_message_at,
+               last_failure_at = coalesce(excluded.last_failure_at, st.last_failure_at);
+    END IF;
+END
+$$;
+
+-- Runs one subscription's messages of a batch (see above), and counts them. In isolating
+-- mode the failures are returned (idx: 1-based position in payloads) and counted as such.
+CREATE FUNCTION pgnats._dispatch(role oid, subscription text, callback oid, payloads bytea[],
+                                 isolate boolean)
 RETURNS TABLE (idx integer, err_sqlstate text, err_message text, err_detail text,
                err_hint text, err_context text)
 LANGUAGE plpgsql AS $$
 DECLARE
     found_oid oid;
     how_many integer;
+    failures bigint;
 BEGIN
     SELECT pg_catalog.count(*), pg_catalog.min(p.oid) INTO how_many, found_oid
       FROM pg_catalog.pg_proc p
@@ -607,10 +642,16 @@ BEGIN
         RAISE EXCEPTION 'pgnats: the dispatch function of role % is missing or was modified', role
             USING ERRCODE = 'PN101';
     END IF;
-    RETURN QUERY EXECUTE 'SELECT * FROM pg_temp.pgnats_call($1, $2, $3, $4)'
-        USING role, callback, payloads, isolate;
+    -- The only function of that name in pg_temp is the one just checked. (A static call:
+    -- its plan is cached, and replanned when the function is replaced.)
+    RETURN QUERY SELECT * FROM pg_temp.pgnats_call(role, callback, payloads, isolate);
+    GET DIAGNOSTICS failures = ROW_COUNT;
+    PERFORM pgnats._count(subscription, callback,
+                          pg_catalog.cardinality(payloads) OPERATOR(pg_catalog.-) failures,
+                          failures);
 END
 $$;
 
 REVOKE ALL ON FUNCTION pgnats._prepare_dispatch(oid) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgnats._dispatch(oid, oid, bytea[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgnats._dispatch(oid, text, oid, bytea[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgnats._count(text, oid, bigint, bigint) FROM PUBLIC;

@@ -331,7 +331,7 @@ def test_drop_extension_and_database_while_the_worker_runs(
 
 
 def test_worker_status_view(conn: Conn, worker: WorkerProcess) -> None:
-    wait_value(conn, "SELECT count(*) FROM pgnats.worker_status WHERE active", 1)
+    wait_value(conn, "SELECT count(*) FROM pgnats.worker_status WHERE active AND nats_connected", 1)
     row = conn.execute(
         "SELECT pid, version, nats_connected, nats_server IS NOT NULL, queued, dropped "
         "FROM pgnats.worker_status"

@@ -236,7 +236,7 @@ def test_internal_functions_are_not_for_public(conn: Conn, alice: str) -> None:
     conn.execute(f"SET ROLE {alice}")
     for call in (
         "SELECT pgnats._prepare_dispatch(1)",
-        "SELECT * FROM pgnats._dispatch(1, 1, '{}', false)",
+        "SELECT * FROM pgnats._dispatch(1, 'a', 1, '{}', false)",
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(call)

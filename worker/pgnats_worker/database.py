@@ -35,7 +35,7 @@ from psycopg.types.numeric import Oid
 from pgnats_worker.backoff import Backoff
 from pgnats_worker.catalog import HAS_EXTENSION_QUERY, load_settings, load_subscriptions
 from pgnats_worker.dispatch import RoleDispatcher
-from pgnats_worker.logs import RateLimit, log_event
+from pgnats_worker.logs import RateLimit, describe, log_event
 from pgnats_worker.model import Delivery, Target
 from pgnats_worker.nats_link import NatsLink
 from pgnats_worker.options import WorkerOptions
@@ -166,7 +166,7 @@ class DatabaseWorker:
                     if lost_log.allow():
                         log_event(
                             logging.WARNING,
-                            f"cannot connect to PostgreSQL, retrying: {exc}",
+                            f"cannot connect to PostgreSQL, retrying: {describe(exc)}",
                             database=self.name,
                         )
                     await self._sleep(backoff.next_delay())
@@ -182,7 +182,7 @@ class DatabaseWorker:
                     if lost_log.allow():
                         log_event(
                             logging.WARNING,
-                            f"lost the control connection, reconnecting: {exc}",
+                            f"lost the control connection, reconnecting: {describe(exc)}",
                             database=self.name,
                         )
                     await self._sleep(backoff.next_delay())

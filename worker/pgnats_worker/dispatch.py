@@ -5,13 +5,13 @@ A :class:`RoleDispatcher` owns a queue of deliveries and a PostgreSQL connection
 settings, never reaches another role's). It takes everything waiting (up to the batch size),
 groups it by subscription and callback, and runs one transaction:
 
-    BEGIN; SELECT pg_current_xact_id();
-    RESET ALL; SELECT * FROM pgnats._dispatch(role, callback, payloads, false);  -- per group
-    RESET ALL; UNLISTEN *; <counters>;
+    RESET ALL; UNLISTEN *; BEGIN; SELECT pg_current_xact_id();
+    SELECT * FROM pgnats._dispatch(role, subject, callback, payloads, false);  -- per group
     COMMIT;
 
 all but the COMMIT in one round trip. pgnats._dispatch runs the callback once per payload in
-one statement, as the subscribing role (see pgnats--1.0.sql). When anything fails, the batch
+one statement, as the subscribing role (see pgnats--1.0.sql), and adds to the subscription's
+counters in pgnats.subscription_stats. When anything fails, the batch
 is rolled back and run again with every group in a savepoint; a group that fails again is
 run message by message, each in a subtransaction, and the failing messages are recorded in
 pgnats.subscription_failures in that same transaction. So the common case pays nothing for
@@ -39,7 +39,7 @@ import psycopg
 from psycopg.types.numeric import Oid
 
 from pgnats_worker.backoff import Backoff
-from pgnats_worker.logs import RateLimit, log_event
+from pgnats_worker.logs import RateLimit, describe, log_event
 from pgnats_worker.model import Delivery, Failure, Target
 
 Conn = psycopg.AsyncConnection[Any]
@@ -49,27 +49,13 @@ SQLSTATE_ADMIN_SHUTDOWN = "57P01"
 
 XID_QUERY = "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text"
 PREPARE_QUERY = "SELECT pgnats._prepare_dispatch(%s)"
-DISPATCH_QUERY = "SELECT * FROM pgnats._dispatch(%s, %s, %s, %s)"
+DISPATCH_QUERY = "SELECT * FROM pgnats._dispatch(%s, %s, %s, %s, %s)"
 XACT_STATUS_QUERY = "SELECT pg_catalog.pg_xact_status(%s::pg_catalog.xid8)"
 
-STATS_UPSERT = """
-INSERT INTO pgnats.subscription_stats AS st
-       (subject, callback, processed, failed, last_message_at, last_failure_at)
-SELECT u.subject, u.callback, u.processed, u.failed, pg_catalog.now(),
-       CASE WHEN u.failed > 0 THEN pg_catalog.now() END
-  FROM ROWS FROM (pg_catalog.unnest(%s::pg_catalog.text[]),
-                  pg_catalog.unnest(%s::pg_catalog.oid[]),
-                  pg_catalog.unnest(%s::pg_catalog.int8[]),
-                  pg_catalog.unnest(%s::pg_catalog.int8[]))
-       AS u(subject, callback, processed, failed)
- WHERE EXISTS (SELECT FROM pgnats.subscriptions s
-                WHERE s.subject = u.subject AND s.callback::pg_catalog.oid = u.callback)
-ON CONFLICT (subject, callback) DO UPDATE
-   SET processed = st.processed + excluded.processed,
-       failed = st.failed + excluded.failed,
-       last_message_at = excluded.last_message_at,
-       last_failure_at = coalesce(excluded.last_failure_at, st.last_failure_at)
-"""
+COUNT_QUERY = "SELECT pgnats._count(%s, %s, %s, %s)"
+# Before each transaction: the session as it was when the worker connected, whatever the
+# previous batch's callbacks did to its settings (and no LISTEN piling up notifications).
+SESSION_RESET = ("RESET ALL", "UNLISTEN *")
 
 FAILURES_INSERT = """
 INSERT INTO pgnats.subscription_failures
@@ -322,7 +308,7 @@ class RoleDispatcher:
                 if self._lost_log.allow():
                     log_event(
                         logging.WARNING,
-                        f"cannot reach PostgreSQL, retrying: {exc}",
+                        f"cannot reach PostgreSQL, retrying: {describe(exc)}",
                         database=self.database,
                         role=self.role_name,
                     )
@@ -333,7 +319,7 @@ class RoleDispatcher:
                 await self._rollback_quietly()
                 log_event(
                     logging.ERROR,
-                    f"cannot record the batch, retrying: {failed.error}",
+                    f"cannot record the batch, retrying: {describe(failed.error)}",
                     database=self.database,
                     role=self.role_name,
                     messages=len(batch),
@@ -364,10 +350,8 @@ class RoleDispatcher:
     # -- the three kinds of transaction -------------------------------------------------
     def _optimistic(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
         async def body(conn: Conn) -> None:
-            for group in groups:
-                await conn.execute("RESET ALL")
+            for group in groups:  # pgnats._dispatch counts what it ran
                 await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
-            await self._write_bookkeeping(conn, groups)
 
         return body
 
@@ -375,29 +359,30 @@ class RoleDispatcher:
         async def body(conn: Conn) -> None:
             # Deferred constraints are checked per message, where a failure can be isolated.
             await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            for group in groups:
-                await self._run_group_isolated(conn, group)
-            await self._write_bookkeeping(conn, groups)
+            uncounted = [group for group in groups if not await self._run_isolated(conn, group)]
+            await self._write_bookkeeping(conn, groups, uncounted)
 
         return body
 
     def _bookkeeping(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
+        """Record every delivery's failure (set before), without running any callback."""
+
         async def body(conn: Conn) -> None:
-            await self._write_bookkeeping(conn, groups)
+            await self._write_bookkeeping(conn, groups, groups)
 
         return body
 
-    async def _run_group_isolated(self, conn: Conn, group: Group) -> None:
-        await conn.execute("RESET ALL")
+    async def _run_isolated(self, conn: Conn, group: Group) -> bool:
+        """Run one group in a savepoint, message by message if it fails as a whole; False
+        when it could not run at all (so it is not counted yet)."""
         await conn.execute("SAVEPOINT pgnats_group")
         try:
             await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
             await conn.execute("RELEASE SAVEPOINT pgnats_group")
-            return
+            return True
         except psycopg.Error:
             self._raise_if_lost_or_aborted(conn)
             await conn.execute("ROLLBACK TO SAVEPOINT pgnats_group")
-        await conn.execute("RESET ALL")
         try:
             cursor = await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=True))
             for idx, sqlstate, message, detail, hint, context in await cursor.fetchall():
@@ -405,6 +390,7 @@ class RoleDispatcher:
                     sqlstate, message, detail or None, hint or None, trim_context(context)
                 )
             await conn.execute("RELEASE SAVEPOINT pgnats_group")
+            return True
         except psycopg.Error as exc:
             # The group cannot run at all: its callback was dropped, or the dispatch
             # function was tampered with.
@@ -413,23 +399,28 @@ class RoleDispatcher:
             if exc.diag.sqlstate == SQLSTATE_DISPATCHER_MODIFIED:
                 self._prepared = False
             group.fail_all(failure_from_error(exc))
+            return False
 
     def _dispatch_params(self, group: Group, *, isolate: bool) -> tuple[Any, ...]:
-        return (Oid(self.role), Oid(group.target.callback), group.payloads, isolate)
+        return (
+            Oid(self.role),
+            group.subscription,
+            Oid(group.target.callback),
+            group.payloads,
+            isolate,
+        )
 
-    async def _write_bookkeeping(self, conn: Conn, groups: list[Group]) -> None:
+    async def _write_bookkeeping(
+        self, conn: Conn, groups: list[Group], uncounted: list[Group]
+    ) -> None:
+        """Record the failures of ``groups``, and count ``uncounted`` (all failed)."""
         # Undo whatever the callbacks did to the session's settings before our own SQL.
         await conn.execute("RESET ALL")
-        await conn.execute("UNLISTEN *")
-        await conn.execute(
-            STATS_UPSERT,
-            (
-                [group.subscription for group in groups],
-                [Oid(group.target.callback) for group in groups],
-                [len(group.deliveries) - len(group.failures) for group in groups],
-                [len(group.failures) for group in groups],
-            ),
-        )
+        for group in uncounted:
+            await conn.execute(
+                COUNT_QUERY,
+                (group.subscription, Oid(group.target.callback), 0, len(group.failures)),
+            )
         failed = [
             (group, group.deliveries[index], failure)
             for group in groups
@@ -464,10 +455,14 @@ class RoleDispatcher:
         try:
             if pipelined:
                 async with conn.pipeline():
+                    for statement in SESSION_RESET:
+                        await conn.execute(statement)
                     await conn.execute("BEGIN")
                     cursor = await conn.execute(XID_QUERY)
                     await body(conn)
             else:
+                for statement in SESSION_RESET:
+                    await conn.execute(statement)
                 await conn.execute("BEGIN")
                 cursor = await conn.execute(XID_QUERY)
                 await body(conn)
@@ -555,7 +550,11 @@ class RoleDispatcher:
                 continue
             except psycopg.Error as exc:
                 # "transaction ID ... is in the future": not the database it was.
-                log_event(logging.WARNING, f"cannot resolve {xid}: {exc}", database=self.database)
+                log_event(
+                    logging.WARNING,
+                    f"cannot resolve {xid}: {describe(exc)}",
+                    database=self.database,
+                )
                 return "unknown"
             status = row[0] if row is not None else None
             if status == "in progress":
@@ -588,7 +587,7 @@ class RoleDispatcher:
             log_event(
                 logging.ERROR,
                 f"stopping: {len(pending)} received messages could not be processed or "
-                f"recorded and are lost ({exc!r})",
+                f"recorded and are lost ({describe(exc)})",
                 database=self.database,
                 role=self.role_name,
             )

@@ -36,6 +36,14 @@ def _quote(value: object) -> str:
     return text
 
 
+def describe(error: BaseException) -> str:
+    """An error for a log line: libpq's primary message (not its CONTEXT, which can quote
+    a whole function body), else the exception's text."""
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    return str(primary) if primary else str(error) or repr(error)
+
+
 def log_event(level: int, message: str, **context: object) -> None:
     fields = " ".join(
         f"{key}={_quote(value)}" for key, value in context.items() if value is not None

@@ -27,7 +27,7 @@ from psycopg.conninfo import make_conninfo
 from pgnats_worker.backoff import Backoff
 from pgnats_worker.catalog import DATABASES_QUERY, HAS_EXTENSION_QUERY, IS_SUPERUSER_QUERY
 from pgnats_worker.database import DatabaseWorker
-from pgnats_worker.logs import RateLimit, log_event
+from pgnats_worker.logs import RateLimit, describe, log_event
 from pgnats_worker.options import WorkerOptions
 
 # After the shutdown timeout: how long cancelled batches get to roll back and be recorded.
@@ -91,7 +91,9 @@ class Supervisor:
                     names = [str(row[0]) for row in await cursor.fetchall()]
             except psycopg.Error as exc:
                 if error_log.allow():
-                    log_event(logging.WARNING, f"cannot connect to PostgreSQL, retrying: {exc}")
+                    log_event(
+                        logging.WARNING, f"cannot connect to PostgreSQL, retrying: {describe(exc)}"
+                    )
                 await self._sleep(backoff.next_delay())
                 continue
             backoff.reset()
@@ -123,7 +125,7 @@ class Supervisor:
                 cursor = await conn.execute(HAS_EXTENSION_QUERY)
                 return await cursor.fetchone() is not None
         except psycopg.Error as exc:
-            log_event(logging.DEBUG, f"cannot look into database: {exc}", database=name)
+            log_event(logging.DEBUG, f"cannot look into database: {describe(exc)}", database=name)
             return False
 
     def _forget_finished(self) -> None:
