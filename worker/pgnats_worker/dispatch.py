@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,8 +40,9 @@ import psycopg
 from psycopg.types.numeric import Oid
 
 from pgnats_worker.backoff import Backoff
-from pgnats_worker.logs import RateLimit, describe, log_event
+from pgnats_worker.logs import RateLimit, describe, log_event, logger
 from pgnats_worker.model import Delivery, Failure, Target
+from pgnats_worker.payloads import PayloadArray, register_payload_arrays
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -91,8 +93,8 @@ class Group:
     failures: dict[int, Failure] = field(default_factory=dict)
 
     @property
-    def payloads(self) -> list[bytes]:
-        return [delivery.payload for delivery in self.deliveries]
+    def payloads(self) -> PayloadArray:
+        return PayloadArray([delivery.payload for delivery in self.deliveries])
 
     def fail_all(self, failure: Failure) -> None:
         self.failures = dict.fromkeys(range(len(self.deliveries)), failure)
@@ -239,6 +241,9 @@ class RoleDispatcher:
                 await self._sleep(backoff.next_delay())
 
     async def _run(self) -> None:
+        # Connect now rather than when the first message comes: it is then busy receiving.
+        with contextlib.suppress(psycopg.Error, OSError):
+            await self._connection()
         try:
             while not self._aborted.is_set():
                 if not self.queue:
@@ -250,10 +255,19 @@ class RoleDispatcher:
                 count = min(len(self.queue), self._batch_size)
                 batch = list(itertools.islice(self.queue, count))
                 self._busy = True
+                started = time.monotonic()
                 try:
                     delivered = await self._deliver(batch)
                 finally:
                     self._busy = False
+                if delivered and logger.isEnabledFor(logging.DEBUG):
+                    log_event(
+                        logging.DEBUG,
+                        f"batch of {count} done in {1000 * (time.monotonic() - started):.1f} ms, "
+                        f"oldest waited {1000 * (time.time() - batch[0].received_at):.1f} ms",
+                        database=self.database,
+                        role=self.role_name,
+                    )
                 if not delivered:
                     break
                 for _ in range(count):
@@ -434,7 +448,7 @@ class RoleDispatcher:
                     [group.subscription for group, _, _ in failed],
                     [group.target.callback_name for group, _, _ in failed],
                     [group.target.role_name for group, _, _ in failed],
-                    [delivery.payload for _, delivery, _ in failed],
+                    PayloadArray([delivery.payload for _, delivery, _ in failed]),
                     [failure.message for _, _, failure in failed],
                     [failure.sqlstate for _, _, failure in failed],
                     [failure.detail for _, _, failure in failed],
@@ -498,6 +512,7 @@ class RoleDispatcher:
                 self._conninfo, autocommit=True, prepare_threshold=None
             )
             conn.add_notice_handler(self._on_notice)
+            register_payload_arrays(conn.adapters)
             self._conn = conn
             self._prepared = False
         if not self._prepared:
