@@ -212,9 +212,10 @@ async def run(args: argparse.Namespace, stack: Stack) -> None:
     bound = max([await bulk_bound(dsn, data) for _ in range(args.repeat)])
     naive = await naive_sidecar(dsn, url, data[: args.naive_messages])
     floor = await commit_latency(dsn, args.rate, args.seconds)
+    (stack.checkout / ".stack" / "bench-worker.log").unlink(missing_ok=True)
     worker = WorkerProcess(
         dsn=stack.postgres.url(),
-        log_path=stack.state_dir / "bench-worker.log",
+        log_path=stack.checkout / ".stack" / "bench-worker.log",
         args=["--rescan-interval", "0.5", "--log-level", "DEBUG"],
     )
     worker.start()
@@ -272,7 +273,7 @@ def main() -> None:
             conn.execute(SETUP)
         asyncio.run(run(args, stack))
     finally:
-        stack.down()
+        stack.destroy()
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class DatabaseWorker:
         self._orphans: list[str] = []
         self._state_changed = asyncio.Event()
         self._stop_event = asyncio.Event()
-        self._known: set[tuple[str, int]] = set()
+        self._known: dict[tuple[str, int], Target] = {}
         self.task: asyncio.Task[None] | None = None
 
     def conninfo(self, purpose: str) -> str:
@@ -314,21 +314,27 @@ class DatabaseWorker:
 
     def _log_changes(self, wanted: dict[str, tuple[Target, ...]]) -> None:
         current = {(s, t.callback): t for s, targets in wanted.items() for t in targets}
-        for subject, callback in sorted(set(current) - self._known):
-            target = current[(subject, callback)]
+        for key in sorted(set(current) - set(self._known)):
+            target = current[key]
             log_event(
                 logging.INFO,
                 "subscribed",
                 database=self.name,
-                subject=subject,
+                subject=key[0],
                 callback=target.callback_name,
                 role=target.role_name,
             )
-        for subject, callback in sorted(self._known - set(current)):
+        for key in sorted(set(self._known) - set(current)):
+            target = self._known[key]
             log_event(
-                logging.INFO, "unsubscribed", database=self.name, subject=subject, callback=callback
+                logging.INFO,
+                "unsubscribed",
+                database=self.name,
+                subject=key[0],
+                callback=target.callback_name,
+                role=target.role_name,
             )
-        self._known = set(current)
+        self._known = current
 
     def _new_dispatcher(self, role: int, role_name: str) -> RoleDispatcher:
         dispatcher = RoleDispatcher(
