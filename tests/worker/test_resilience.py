@@ -227,7 +227,7 @@ def test_resolving_commit_outcomes(stack: Stack, db: str) -> None:
             target_role=10,  # the bootstrap superuser
             role_name="postgres",
             batch_size=10,
-            on_done=lambda count: None,
+            on_done=lambda count, size: None,
         )
         try:
             return [await dispatcher._resolve(xid) for xid in (committed, aborted, future)]
@@ -237,10 +237,12 @@ def test_resolving_commit_outcomes(stack: Stack, db: str) -> None:
     assert asyncio.run(resolve_all()) == ["committed", "aborted", "unknown"]
 
 
+@pytest.mark.parametrize("bound", [["--queue-limit", "5"], ["--queue-bytes", "10"]])
 def test_full_queue_drops_new_messages_visibly(
-    stack: Stack, db: str, conn: Conn, nats_url: str, start_worker: StartWorker
+    stack: Stack, db: str, conn: Conn, nats_url: str, start_worker: StartWorker, bound: list[str]
 ) -> None:
-    worker = start_worker("--queue-limit", "5")
+    """Five two-byte messages fit (5 messages, 10 bytes); the sixth and later are dropped."""
+    worker = start_worker(*bound)
     make_log_table(conn)
     conn.execute("CREATE TABLE gate (x int)")
     conn.execute(
@@ -252,13 +254,13 @@ def test_full_queue_drops_new_messages_visibly(
     with admin_connect(stack, db) as holder:
         holder.execute("BEGIN")
         holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
-        publish(nats_url, "flood", ["0"])
+        publish(nats_url, "flood", ["00"])
         dispatch_backend(conn, "SELECT * FROM pgnats._dispatch%")
-        publish(nats_url, "flood", [str(n) for n in range(1, 21)])
-        worker.wait_for_log("queue full (5 messages waiting for PostgreSQL): dropping messages")
+        publish(nats_url, "flood", [f"{n:02d}" for n in range(1, 21)])
+        worker.wait_for_log("queue full (5 messages, 10 bytes waiting for PostgreSQL): dropping")
         holder.execute("COMMIT")
     wait_value(conn, "SELECT count(*) FROM message_log", 5)
-    assert messages(conn) == ["0", "1", "2", "3", "4"]
+    assert messages(conn) == ["00", "01", "02", "03", "04"]
     wait_value(conn, "SELECT processed || '/' || dropped FROM pgnats.subscription_status", "5/16")
     wait_value(conn, "SELECT dropped FROM pgnats.worker_status", 16)
 

@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerOptions, str]:
         "down); beyond it new messages are dropped, counted and logged (default %(default)s)",
     )
     parser.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=DEFAULTS.queue_bytes,
+        help="most payload bytes waiting per database; beyond it, the same (default "
+        "%(default)s, 256 MiB)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=DEFAULTS.shutdown_timeout,
@@ -83,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerOptions, str]:
     ):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("batch_size", "queue_limit"):
+    for name in ("batch_size", "queue_limit", "queue_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     options = WorkerOptions(
@@ -93,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerOptions, str]:
         heartbeat_interval=args.heartbeat_interval,
         batch_size=args.batch_size,
         queue_limit=args.queue_limit,
+        queue_bytes=args.queue_bytes,
         shutdown_timeout=args.shutdown_timeout,
         nats_reconnect_wait=args.nats_reconnect_wait,
     )

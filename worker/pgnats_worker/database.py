@@ -8,9 +8,9 @@ pgnats.worker_status and pgnats.subscription_status show. It also holds an advis
 so that a second worker started on the same cluster stands by instead of processing every
 message twice.
 
-Received messages wait in per-role queues, bounded by ``queue_limit`` deliveries per
-database. At the bound new messages are dropped: counted per subscription (``dropped`` in
-pgnats.subscription_status), in the heartbeat, and logged.
+Received messages wait in per-role queues, bounded per database by ``queue_limit``
+deliveries and ``queue_bytes`` of payload. At the bound new messages are dropped: counted
+per subscription (``dropped`` in pgnats.subscription_status), in the heartbeat, and logged.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class DatabaseWorker:
         self._dispatchers: dict[int, RoleDispatcher] = {}
         self._retired: list[RoleDispatcher] = []
         self._queued = 0
+        self._queued_bytes = 0
         self._dropped_total = 0
         self._dropped_pending: Counter[tuple[str, int]] = Counter()
         self._drop_log = RateLimit(burst=1, period=10.0)
@@ -356,14 +357,19 @@ class DatabaseWorker:
         targets = self._targets.get(subscription)
         if not targets:
             return  # unsubscribed a moment ago: no callback left for it
-        if self._queued + len(targets) > self.options.queue_limit:
+        size = len(payload) * len(targets)
+        if (
+            self._queued + len(targets) > self.options.queue_limit
+            or self._queued_bytes + size > self.options.queue_bytes
+        ):
             for target in targets:
                 self._dropped_pending[(subscription, target.callback)] += 1
             self._dropped_total += len(targets)
             if self._drop_log.allow():
                 log_event(
                     logging.ERROR,
-                    f"queue full ({self._queued} messages waiting for PostgreSQL): dropping "
+                    f"queue full ({self._queued} messages, {self._queued_bytes} bytes waiting "
+                    "for PostgreSQL): dropping "
                     f"messages; {self._dropped_total} dropped so far",
                     database=self.name,
                     subject=subject,
@@ -378,9 +384,11 @@ class DatabaseWorker:
                 )
             dispatcher.enqueue(Delivery(subscription, subject, payload, received_at, target))
         self._queued += len(targets)
+        self._queued_bytes += size
 
-    def _on_done(self, count: int) -> None:
+    def _on_done(self, count: int, size: int) -> None:
         self._queued -= count
+        self._queued_bytes -= size
 
     # -- heartbeat -----------------------------------------------------------------------
     async def _heartbeat(self, conn: Conn) -> None:

@@ -47,6 +47,8 @@ from pgnats_worker.payloads import PayloadArray, register_payload_arrays
 Conn = psycopg.AsyncConnection[Any]
 
 SQLSTATE_DISPATCHER_MODIFIED = "PN101"
+# A batch's payloads go in one bytea[] parameter: keep it well below PostgreSQL's 1 GB.
+MAX_BATCH_BYTES = 32 * 1024 * 1024
 SQLSTATE_ADMIN_SHUTDOWN = "57P01"
 
 XID_QUERY = "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text"
@@ -167,7 +169,7 @@ class RoleDispatcher:
         target_role: int,
         role_name: str,
         batch_size: int,
-        on_done: Callable[[int], None],
+        on_done: Callable[[int, int], None],
     ) -> None:
         self.database = database
         self.role = target_role
@@ -185,6 +187,7 @@ class RoleDispatcher:
         self._busy = False
         self._failure_logs: dict[tuple[str, int], RateLimit] = {}
         self._lost_log = RateLimit(burst=1, period=30.0)
+        self._notice_log = RateLimit(burst=50, period=10.0)
         self.task: asyncio.Task[None] | None = None
 
     # -- control from the database worker ---------------------------------------------
@@ -252,8 +255,8 @@ class RoleDispatcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                count = min(len(self.queue), self._batch_size)
-                batch = list(itertools.islice(self.queue, count))
+                batch = self._take_batch()
+                count = len(batch)
                 self._busy = True
                 started = time.monotonic()
                 try:
@@ -272,11 +275,22 @@ class RoleDispatcher:
                     break
                 for _ in range(count):
                     self.queue.popleft()
-                self._on_done(count)
+                self._on_done(count, sum(len(delivery.payload) for delivery in batch))
             if self.queue:
                 await self._record_abandoned()
         finally:
             await self._close()
+
+    def _take_batch(self) -> list[Delivery]:
+        """The oldest deliveries, up to the batch size and MAX_BATCH_BYTES (at least one)."""
+        batch: list[Delivery] = []
+        size = 0
+        for delivery in itertools.islice(self.queue, self._batch_size):
+            size += len(delivery.payload)
+            if batch and size > MAX_BATCH_BYTES:
+                break
+            batch.append(delivery)
+        return batch
 
     async def _deliver(self, batch: list[Delivery]) -> bool:
         """Run the batch until it is committed or recorded; False when aborted."""
@@ -607,7 +621,7 @@ class RoleDispatcher:
                 role=self.role_name,
             )
             return
-        self._on_done(len(pending))
+        self._on_done(len(pending), sum(len(delivery.payload) for delivery in pending))
         self.queue.clear()
         log_event(
             logging.WARNING,
@@ -643,9 +657,19 @@ class RoleDispatcher:
                 )
 
     def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
-        log_event(
-            logging.INFO,
-            f"{diag.severity}: {diag.message_primary}",
-            database=self.database,
-            role=self.role_name,
-        )
+        """A callback's RAISE NOTICE (or WARNING), into the log; at most 50 per 10 s."""
+        if self._notice_log.allow():
+            log_event(
+                logging.INFO,
+                f"{diag.severity}: {diag.message_primary}",
+                database=self.database,
+                role=self.role_name,
+            )
+        held_back = self._notice_log.take_suppressed()
+        if held_back:
+            log_event(
+                logging.INFO,
+                f"{held_back} more notices from callbacks (not logged one by one)",
+                database=self.database,
+                role=self.role_name,
+            )

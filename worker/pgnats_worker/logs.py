@@ -54,29 +54,37 @@ def log_event(level: int, message: str, **context: object) -> None:
 
 
 class RateLimit:
-    """Allows ``burst`` events per ``period`` seconds and counts the ones it holds back."""
+    """Allows ``burst`` events per ``period`` seconds and counts the ones it holds back, to
+    be reported in one line once their window has ended (:meth:`take_suppressed`)."""
 
     def __init__(self, burst: int = 10, period: float = 10.0) -> None:
         self.burst = burst
         self.period = period
-        self._window_start = 0.0
+        self._window_start = -period
         self._count = 0
-        self.suppressed = 0
+        self._held = 0  # held back in the current window
+        self._to_report = 0  # held back in windows that have ended
+
+    def _roll(self, now: float) -> bool:
+        if now - self._window_start < self.period:
+            return False
+        self._to_report += self._held
+        self._held = 0
+        return True
 
     def allow(self) -> bool:
         now = time.monotonic()
-        if now - self._window_start >= self.period:
+        if self._roll(now):
             self._window_start = now
             self._count = 0
         self._count += 1
         if self._count <= self.burst:
             return True
-        self.suppressed += 1
+        self._held += 1
         return False
 
     def take_suppressed(self) -> int:
-        """How many were held back since the last call (only once the window has passed)."""
-        if self.suppressed and time.monotonic() - self._window_start >= self.period:
-            count, self.suppressed = self.suppressed, 0
-            return count
-        return 0
+        """How many were held back in windows that have ended since the last call."""
+        self._roll(time.monotonic())
+        count, self._to_report = self._to_report, 0
+        return count

@@ -145,9 +145,18 @@ class NatsLink:
                 return  # done once connected
             changed = False
             for subject in sorted(self._wanted - set(self._subscriptions)):
-                self._subscriptions[subject] = await client.subscribe(
-                    subject, cb=self._handler(subject)
-                )
+                try:
+                    self._subscriptions[subject] = await client.subscribe(
+                        subject, cb=self._handler(subject)
+                    )
+                except Exception as exc:  # a row written around the checks, say
+                    log_event(
+                        logging.ERROR,
+                        f"cannot subscribe: {exc!r}",
+                        database=self.database,
+                        subject=subject,
+                    )
+                    continue
                 changed = True
             for subject in sorted(set(self._subscriptions) - self._wanted):
                 subscription = self._subscriptions.pop(subject)

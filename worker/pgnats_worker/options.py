@@ -13,6 +13,7 @@ class WorkerOptions:
     heartbeat_interval: float = 5.0
     batch_size: int = 10_000
     queue_limit: int = 100_000
+    queue_bytes: int = 256 * 1024 * 1024
     shutdown_timeout: float = 5.0
     nats_reconnect_wait: float = 1.0
     connect_timeout: float = 5.0
