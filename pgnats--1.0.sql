@@ -560,6 +560,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     existing oid;
 BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = role) THEN
+        RAISE EXCEPTION 'pgnats: the subscribing role (OID %) no longer exists', role
+            USING ERRCODE = 'undefined_object';
+    END IF;
     -- Every function of that name goes, so that the call can only resolve to the new one.
     FOR existing IN SELECT p.oid FROM pg_proc p
                      WHERE p.pronamespace = pg_my_temp_schema() AND p.proname = 'pgnats_call'

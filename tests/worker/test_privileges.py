@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.stack import Stack
 from devstack.worker import WorkerProcess
+from tests.conftest import admin_connect
 from tests.worker.conftest import Conn, publish, scalar, wait_subscribed, wait_value
 
 _role_numbers = itertools.count(1)
@@ -243,3 +245,43 @@ def test_roles_do_not_share_a_session(
         ("one", "postgres"),
         ("two", "postgres"),
     ]
+
+
+def test_messages_held_for_a_role_dropped_meanwhile_are_recorded(
+    stack: Stack, db: str, conn: Conn, role: str, nats_url: str, worker: WorkerProcess
+) -> None:
+    conn.execute("CREATE TABLE gate (x int)")
+    conn.execute(f"GRANT SELECT ON gate TO {role}")
+    conn.execute(
+        "CREATE FUNCTION gated(p bytea) RETURNS void LANGUAGE plpgsql "
+        "AS 'BEGIN PERFORM count(*) FROM gate; END'"
+    )
+    conn.execute(f"SET ROLE {role}")
+    conn.execute("SELECT nats_subscribe('orphan', 'gated'::regproc)")
+    conn.execute("RESET ROLE")
+    wait_subscribed(conn, "orphan")
+    with admin_connect(stack, db) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
+        publish(nats_url, "orphan", ["held"])  # its batch waits for the lock
+        wait_value(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name LIKE 'pgnats-worker dispatch%%'",
+            1,
+        )
+        publish(nats_url, "orphan", ["queued"])
+        # The role goes (DROP OWNED takes its dispatch function in the worker's session).
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+        conn.execute(f"CREATE ROLE {role}")  # for the fixture's teardown
+        holder.execute("COMMIT")
+    # The message running when its role went, and the one waiting behind it: recorded.
+    wait_value(conn, "SELECT count(*) FROM pgnats.subscription_failures", 2)
+    (held, _, _), (queued, sqlstate, error) = failures(conn)
+    assert (held, queued) == (b"held", b"queued")
+    assert sqlstate == "42704"
+    assert "the subscribing role (OID " in error
+    assert "no longer exists" in error
+    worker.wait_for_log("subscription not served: orphan -> gated(bytea) (role ")
+    wait_value(conn, "SELECT subscribed FROM pgnats.subscription_status", False)

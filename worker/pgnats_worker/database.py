@@ -188,10 +188,13 @@ class DatabaseWorker:
                         )
                     await self._sleep(backoff.next_delay())
         except DatabaseGone as gone:
+            # Nowhere left to run or record the messages held for it.
             log_event(logging.INFO, f"no longer served: {gone}", database=self.name)
             await self.stop_receiving()
             self.finish()
-            await self.wait_dispatchers()
+            await self.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_dispatchers(), 10.0)
 
     async def _check_extension(self, conn: Conn) -> None:
         try:
@@ -302,7 +305,7 @@ class DatabaseWorker:
         self._log_changes(wanted)
         roles = {target.role: target.role_name for targets in wanted.values() for target in targets}
         for role, role_name in roles.items():
-            if role not in self._dispatchers:
+            if role not in self._dispatchers and self._receiving:
                 self._dispatchers[role] = self._new_dispatcher(role, role_name)
         for role in set(self._dispatchers) - set(roles):
             dispatcher = self._dispatchers.pop(role)

@@ -299,8 +299,16 @@ class RoleDispatcher:
         backoff = Backoff()
         while not self._aborted.is_set():
             try:
-                conn = await self._connection()
+                conn = await self._connection(prepare=False)
                 if recording is None:
+                    try:
+                        await self._prepare(conn)
+                    except psycopg.Error as exc:
+                        if _is_lost(conn):
+                            raise
+                        # The role cannot run anything (it was dropped, say): record.
+                        recording = failure_from_error(exc)
+                        continue
                     await self._run_batch(conn, groups)
                 else:
                     for group in groups:
@@ -513,7 +521,8 @@ class RoleDispatcher:
         if self._aborted.is_set():
             raise _Aborted()
 
-    async def _connection(self) -> Conn:
+    async def _connection(self, *, prepare: bool = True) -> Conn:
+        """The connection, opened (and its dispatch function made) if need be."""
         conn = self._conn
         if conn is not None and (_is_lost(conn) or self._reconnect_requested):
             await self._drop_connection()
@@ -529,10 +538,14 @@ class RoleDispatcher:
             register_payload_arrays(conn.adapters)
             self._conn = conn
             self._prepared = False
+        if prepare:
+            await self._prepare(conn)
+        return conn
+
+    async def _prepare(self, conn: Conn) -> None:
         if not self._prepared:
             await conn.execute(PREPARE_QUERY, (Oid(self.role),))
             self._prepared = True
-        return conn
 
     async def _drop_connection(self) -> None:
         """Close the connection; a transaction still open on it is rolled back."""
@@ -568,7 +581,7 @@ class RoleDispatcher:
         backoff = Backoff(initial=0.05, maximum=2.0)
         while True:
             try:
-                conn = await self._connection()
+                conn = await self._connection(prepare=False)
                 cursor = await conn.execute(XACT_STATUS_QUERY, (xid,))
                 row = await cursor.fetchone()
             except (psycopg.OperationalError, OSError):
@@ -610,7 +623,7 @@ class RoleDispatcher:
             group.fail_all(WORKER_STOPPED)
         try:
             await self._rollback_quietly()
-            conn = await self._connection()
+            conn = await self._connection(prepare=False)
             await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
         except (psycopg.Error, OSError, _ConnectionLost, _BatchFailed, _Aborted) as exc:
             log_event(
@@ -620,6 +633,8 @@ class RoleDispatcher:
                 database=self.database,
                 role=self.role_name,
             )
+            self._on_done(len(pending), sum(len(delivery.payload) for delivery in pending))
+            self.queue.clear()
             return
         self._on_done(len(pending), sum(len(delivery.payload) for delivery in pending))
         self.queue.clear()

@@ -157,4 +157,12 @@ class Supervisor:
             await asyncio.gather(*(worker.abort() for worker in workers))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(finishing), ABORT_GRACE)
+            for worker in workers:
+                if worker.queued:
+                    log_event(
+                        logging.ERROR,
+                        f"stopping: {worker.queued} received messages could be neither "
+                        "processed nor recorded, and are lost",
+                        database=worker.name,
+                    )
         await asyncio.gather(*(worker.close() for worker in workers))
