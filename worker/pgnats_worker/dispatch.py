@@ -11,7 +11,7 @@ groups it by subscription and callback, and runs one transaction:
 
 all but the COMMIT in one round trip. pgnats._dispatch runs the callback once per payload in
 one statement, as the subscribing role (see pgnats--1.0.sql), and adds to the subscription's
-counters in pgnats.subscription_stats. When anything fails, the batch
+counters in pgnats.subscription_stats (see transactions.py). When anything fails, the batch
 is rolled back and run again with every group in a savepoint; a group that fails again is
 run message by message, each in a subtransaction, and the failing messages are recorded in
 pgnats.subscription_failures in that same transaction. So the common case pays nothing for
@@ -31,133 +31,42 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg.types.numeric import Oid
 
 from pgnats_worker.backoff import Backoff
+from pgnats_worker.batch import (
+    OUTCOME_UNKNOWN,
+    WORKER_STOPPED,
+    Group,
+    failure_from_error,
+    group_deliveries,
+)
 from pgnats_worker.logs import RateLimit, describe, log_event, logger
-from pgnats_worker.model import Delivery, Failure, Target
-from pgnats_worker.payloads import PayloadArray, register_payload_arrays
+from pgnats_worker.model import Delivery, Failure
+from pgnats_worker.payloads import register_payload_arrays
+from pgnats_worker.transactions import (
+    PREPARE_QUERY,
+    SQLSTATE_DISPATCHER_MODIFIED,
+    XACT_STATUS_QUERY,
+    Aborted,
+    BatchFailed,
+    ConnectionLost,
+    bookkeeping,
+    is_lost,
+    isolating,
+    optimistic,
+    raise_if_lost_or_aborted,
+    run_transaction,
+)
 
 Conn = psycopg.AsyncConnection[Any]
 
-SQLSTATE_DISPATCHER_MODIFIED = "PN101"
 # A batch's payloads go in one bytea[] parameter: keep it well below PostgreSQL's 1 GB.
 MAX_BATCH_BYTES = 32 * 1024 * 1024
-SQLSTATE_ADMIN_SHUTDOWN = "57P01"
-
-XID_QUERY = "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text"
-PREPARE_QUERY = "SELECT pgnats._prepare_dispatch(%s)"
-DISPATCH_QUERY = "SELECT * FROM pgnats._dispatch(%s, %s, %s, %s, %s)"
-XACT_STATUS_QUERY = "SELECT pg_catalog.pg_xact_status(%s::pg_catalog.xid8)"
-
-COUNT_QUERY = "SELECT pgnats._count(%s, %s, %s, %s)"
-# Before each transaction: the session as it was when the worker connected, whatever the
-# previous batch's callbacks did to its settings (and no LISTEN piling up notifications).
-SESSION_RESET = ("RESET ALL", "UNLISTEN *")
-
-FAILURES_INSERT = """
-INSERT INTO pgnats.subscription_failures
-       (subject, subscription, callback, role, payload, error, sqlstate, detail, hint, context,
-        received_at)
-SELECT * FROM ROWS FROM (
-       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
-       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
-       pg_catalog.unnest(%s::pg_catalog.bytea[]), pg_catalog.unnest(%s::pg_catalog.text[]),
-       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
-       pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[]),
-       pg_catalog.unnest(%s::pg_catalog.timestamptz[]))
-"""
-
-OUTCOME_UNKNOWN = Failure(
-    sqlstate="08007",  # transaction_resolution_unknown
-    message="the connection to PostgreSQL was lost during COMMIT and PostgreSQL can no "
-    "longer tell whether the transaction committed; the callback may or may not have run",
-)
-WORKER_STOPPED = Failure(
-    sqlstate=SQLSTATE_ADMIN_SHUTDOWN,
-    message="the pgnats worker stopped before this message was processed",
-)
-
-
-@dataclass
-class Group:
-    """The deliveries of one batch for one subscription and callback, in arrival order."""
-
-    subscription: str
-    target: Target
-    deliveries: list[Delivery]
-    failures: dict[int, Failure] = field(default_factory=dict)
-
-    @property
-    def payloads(self) -> PayloadArray:
-        return PayloadArray([delivery.payload for delivery in self.deliveries])
-
-    def fail_all(self, failure: Failure) -> None:
-        self.failures = dict.fromkeys(range(len(self.deliveries)), failure)
-
-
-def group_deliveries(batch: list[Delivery]) -> list[Group]:
-    groups: dict[tuple[str, int], Group] = {}
-    for delivery in batch:
-        key = (delivery.subscription, delivery.target.callback)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = Group(delivery.subscription, delivery.target, [])
-        group.deliveries.append(delivery)
-    return list(groups.values())
-
-
-def trim_context(context: str | None) -> str | None:
-    """The callback's part of an error context, without pgnats' own dispatch frames."""
-    if not context:
-        return None
-    lines = context.splitlines()
-    for position, line in enumerate(lines):
-        if ".pgnats_call(" in line or "pgnats._dispatch(" in line:
-            lines = lines[:position]
-            break
-    if lines and lines[-1].startswith('SQL statement "SELECT '):
-        lines = lines[:-1]
-    return "\n".join(lines) or None
-
-
-def failure_from_error(error: psycopg.Error) -> Failure:
-    diag = error.diag
-    return Failure(
-        sqlstate=diag.sqlstate,
-        message=diag.message_primary or str(error),
-        detail=diag.message_detail,
-        hint=diag.message_hint,
-        context=trim_context(diag.context),
-    )
-
-
-class _ConnectionLost(Exception):
-    """The connection broke; ``xid`` is set when it broke during COMMIT."""
-
-    def __init__(self, xid: str | None) -> None:
-        super().__init__(xid)
-        self.xid = xid
-
-
-class _Aborted(Exception):
-    """The work in flight was cancelled because the worker is stopping."""
-
-
-class _BatchFailed(Exception):
-    def __init__(self, error: psycopg.Error) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _is_lost(conn: Conn) -> bool:
-    return bool(conn.closed or conn.broken)
 
 
 class RoleDispatcher:
@@ -214,7 +123,7 @@ class RoleDispatcher:
         self._aborted.set()
         self._wakeup.set()
         conn = self._conn
-        if self._busy and conn is not None and not _is_lost(conn):
+        if self._busy and conn is not None and not is_lost(conn):
             try:
                 await conn.cancel_safe(timeout=2.0)
             except (psycopg.Error, OSError) as exc:
@@ -304,7 +213,7 @@ class RoleDispatcher:
                     try:
                         await self._prepare(conn)
                     except psycopg.Error as exc:
-                        if _is_lost(conn):
+                        if is_lost(conn):
                             raise
                         # The role cannot run anything (it was dropped, say): record.
                         recording = failure_from_error(exc)
@@ -313,10 +222,12 @@ class RoleDispatcher:
                 else:
                     for group in groups:
                         group.fail_all(recording)
-                    await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
+                    await run_transaction(
+                        conn, bookkeeping(groups), pipelined=True, aborted=self._aborted
+                    )
                 self._log_failures(groups)
                 return True
-            except _ConnectionLost as lost:
+            except ConnectionLost as lost:
                 await self._drop_connection()
                 if lost.xid is not None:
                     outcome = await self._resolve(lost.xid)
@@ -335,7 +246,7 @@ class RoleDispatcher:
                         messages=len(batch),
                     )
                 await self._sleep(backoff.next_delay())
-            except _Aborted:
+            except Aborted:
                 await self._rollback_quietly()
                 return False
             except (psycopg.Error, OSError) as exc:
@@ -349,7 +260,7 @@ class RoleDispatcher:
                         role=self.role_name,
                     )
                 await self._sleep(backoff.next_delay())
-            except _BatchFailed as failed:
+            except BatchFailed as failed:
                 # Even recording the failures did not work (a read-only database, a full
                 # disk): keep the messages and try again later.
                 await self._rollback_quietly()
@@ -367,164 +278,40 @@ class RoleDispatcher:
         for group in groups:
             group.failures = {}
         try:
-            await self._run_transaction(conn, self._optimistic(groups), pipelined=True)
+            await run_transaction(
+                conn, optimistic(self.role, groups), pipelined=True, aborted=self._aborted
+            )
             return
-        except _BatchFailed:
+        except BatchFailed:
             await self._rollback(conn)
         try:
-            await self._run_transaction(conn, self._isolating(groups), pipelined=False)
+            await run_transaction(
+                conn,
+                isolating(self.role, groups, self._aborted),
+                pipelined=False,
+                aborted=self._aborted,
+            )
+            if any(
+                failure.sqlstate == SQLSTATE_DISPATCHER_MODIFIED
+                for group in groups
+                for failure in group.failures.values()
+            ):
+                self._prepared = False  # make it again before the next batch
             return
-        except _BatchFailed as failed:
+        except BatchFailed as failed:
             # Not a callback's failure (those are isolated): the counters, or COMMIT (a
             # deferred constraint, say). Record every message with that error instead.
             await self._rollback(conn)
             failure = failure_from_error(failed.error)
         for group in groups:
             group.fail_all(failure)
-        await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
+        await run_transaction(conn, bookkeeping(groups), pipelined=True, aborted=self._aborted)
 
-    # -- the three kinds of transaction -------------------------------------------------
-    def _optimistic(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
-        async def body(conn: Conn) -> None:
-            for group in groups:  # pgnats._dispatch counts what it ran
-                await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
-
-        return body
-
-    def _isolating(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
-        async def body(conn: Conn) -> None:
-            # Deferred constraints are checked per message, where a failure can be isolated.
-            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            uncounted = [group for group in groups if not await self._run_isolated(conn, group)]
-            await self._write_bookkeeping(conn, groups, uncounted)
-
-        return body
-
-    def _bookkeeping(self, groups: list[Group]) -> Callable[[Conn], Awaitable[None]]:
-        """Record every delivery's failure (set before), without running any callback."""
-
-        async def body(conn: Conn) -> None:
-            await self._write_bookkeeping(conn, groups, groups)
-
-        return body
-
-    async def _run_isolated(self, conn: Conn, group: Group) -> bool:
-        """Run one group in a savepoint, message by message if it fails as a whole; False
-        when it could not run at all (so it is not counted yet)."""
-        await conn.execute("SAVEPOINT pgnats_group")
-        try:
-            await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=False))
-            await conn.execute("RELEASE SAVEPOINT pgnats_group")
-            return True
-        except psycopg.Error:
-            self._raise_if_lost_or_aborted(conn)
-            await conn.execute("ROLLBACK TO SAVEPOINT pgnats_group")
-        try:
-            cursor = await conn.execute(DISPATCH_QUERY, self._dispatch_params(group, isolate=True))
-            for idx, sqlstate, message, detail, hint, context in await cursor.fetchall():
-                group.failures[idx - 1] = Failure(
-                    sqlstate, message, detail or None, hint or None, trim_context(context)
-                )
-            await conn.execute("RELEASE SAVEPOINT pgnats_group")
-            return True
-        except psycopg.Error as exc:
-            # The group cannot run at all: its callback was dropped, or the dispatch
-            # function was tampered with.
-            self._raise_if_lost_or_aborted(conn)
-            await conn.execute("ROLLBACK TO SAVEPOINT pgnats_group")
-            if exc.diag.sqlstate == SQLSTATE_DISPATCHER_MODIFIED:
-                self._prepared = False
-            group.fail_all(failure_from_error(exc))
-            return False
-
-    def _dispatch_params(self, group: Group, *, isolate: bool) -> tuple[Any, ...]:
-        return (
-            Oid(self.role),
-            group.subscription,
-            Oid(group.target.callback),
-            group.payloads,
-            isolate,
-        )
-
-    async def _write_bookkeeping(
-        self, conn: Conn, groups: list[Group], uncounted: list[Group]
-    ) -> None:
-        """Record the failures of ``groups``, and count ``uncounted`` (all failed)."""
-        # Undo whatever the callbacks did to the session's settings before our own SQL.
-        await conn.execute("RESET ALL")
-        for group in uncounted:
-            await conn.execute(
-                COUNT_QUERY,
-                (group.subscription, Oid(group.target.callback), 0, len(group.failures)),
-            )
-        failed = [
-            (group, group.deliveries[index], failure)
-            for group in groups
-            for index, failure in sorted(group.failures.items())
-        ]
-        if failed:
-            await conn.execute(
-                FAILURES_INSERT,
-                (
-                    [delivery.subject for _, delivery, _ in failed],
-                    [group.subscription for group, _, _ in failed],
-                    [group.target.callback_name for group, _, _ in failed],
-                    [group.target.role_name for group, _, _ in failed],
-                    PayloadArray([delivery.payload for _, delivery, _ in failed]),
-                    [failure.message for _, _, failure in failed],
-                    [failure.sqlstate for _, _, failure in failed],
-                    [failure.detail for _, _, failure in failed],
-                    [failure.hint for _, _, failure in failed],
-                    [failure.context for _, _, failure in failed],
-                    [
-                        datetime.fromtimestamp(delivery.received_at, UTC)
-                        for _, delivery, _ in failed
-                    ],
-                ),
-            )
-
-    # -- transactions and connection state ----------------------------------------------
-    async def _run_transaction(
-        self, conn: Conn, body: Callable[[Conn], Awaitable[None]], *, pipelined: bool
-    ) -> None:
-        xid: str | None = None
-        try:
-            if pipelined:
-                async with conn.pipeline():
-                    for statement in SESSION_RESET:
-                        await conn.execute(statement)
-                    await conn.execute("BEGIN")
-                    cursor = await conn.execute(XID_QUERY)
-                    await body(conn)
-            else:
-                for statement in SESSION_RESET:
-                    await conn.execute(statement)
-                await conn.execute("BEGIN")
-                cursor = await conn.execute(XID_QUERY)
-                await body(conn)
-            row = await cursor.fetchone()
-            assert row is not None
-            xid = str(row[0])
-        except psycopg.Error as exc:
-            self._raise_if_lost_or_aborted(conn)
-            raise _BatchFailed(exc) from exc
-        try:
-            await conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if _is_lost(conn):
-                raise _ConnectionLost(xid) from exc
-            raise _BatchFailed(exc) from exc
-
-    def _raise_if_lost_or_aborted(self, conn: Conn) -> None:
-        if _is_lost(conn):
-            raise _ConnectionLost(None)
-        if self._aborted.is_set():
-            raise _Aborted()
-
+    # -- connection state ---------------------------------------------------------------
     async def _connection(self, *, prepare: bool = True) -> Conn:
         """The connection, opened (and its dispatch function made) if need be."""
         conn = self._conn
-        if conn is not None and (_is_lost(conn) or self._reconnect_requested):
+        if conn is not None and (is_lost(conn) or self._reconnect_requested):
             await self._drop_connection()
             conn = None
         if conn is None:
@@ -561,14 +348,14 @@ class RoleDispatcher:
         try:
             await conn.execute("ROLLBACK")
         except psycopg.Error as exc:
-            self._raise_if_lost_or_aborted(conn)
-            raise _BatchFailed(exc) from exc
+            raise_if_lost_or_aborted(conn, self._aborted)
+            raise BatchFailed(exc) from exc
 
     async def _rollback_quietly(self) -> None:
         conn = self._conn
         if (
             conn is not None
-            and not _is_lost(conn)
+            and not is_lost(conn)
             and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         ):
             try:
@@ -624,8 +411,8 @@ class RoleDispatcher:
         try:
             await self._rollback_quietly()
             conn = await self._connection(prepare=False)
-            await self._run_transaction(conn, self._bookkeeping(groups), pipelined=True)
-        except (psycopg.Error, OSError, _ConnectionLost, _BatchFailed, _Aborted) as exc:
+            await run_transaction(conn, bookkeeping(groups), pipelined=True, aborted=self._aborted)
+        except (psycopg.Error, OSError, ConnectionLost, BatchFailed, Aborted) as exc:
             log_event(
                 logging.ERROR,
                 f"stopping: {len(pending)} received messages could not be processed or "
