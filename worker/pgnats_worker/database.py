@@ -187,6 +187,14 @@ class DatabaseWorker:
                             database=self.name,
                         )
                     await self._sleep(backoff.next_delay())
+                except Exception as exc:  # a bug: keep serving, and say so
+                    log_event(
+                        logging.ERROR,
+                        f"control loop failed, restarting it: {exc!r}",
+                        database=self.name,
+                    )
+                    logging.getLogger(__name__).debug("control loop failure", exc_info=True)
+                    await self._sleep(backoff.next_delay())
         except DatabaseGone as gone:
             # Nowhere left to run or record the messages held for it.
             log_event(logging.INFO, f"no longer served: {gone}", database=self.name)
