@@ -650,6 +650,10 @@ BEGIN
     -- its plan is cached, and replanned when the function is replaced.)
     RETURN QUERY SELECT * FROM pg_temp.pgnats_call(role, callback, payloads, isolate);
     GET DIAGNOSTICS failures = ROW_COUNT;
+    -- Whatever the callbacks did to the session's settings (or LISTENs) ends here: it is
+    -- reset in this transaction, so the next one starts as the session did.
+    RESET ALL;
+    UNLISTEN *;
     PERFORM pgnats._count(subscription, callback,
                           pg_catalog.cardinality(payloads) OPERATOR(pg_catalog.-) failures,
                           failures);

@@ -5,13 +5,14 @@ A :class:`RoleDispatcher` owns a queue of deliveries and a PostgreSQL connection
 settings, never reaches another role's). It takes everything waiting (up to the batch size),
 groups it by subscription and callback, and runs one transaction:
 
-    RESET ALL; UNLISTEN *; BEGIN; SELECT pg_current_xact_id();
+    BEGIN; SELECT pg_current_xact_id();
     SELECT * FROM pgnats._dispatch(role, subject, callback, payloads, false);  -- per group
     COMMIT;
 
 all but the COMMIT in one round trip. pgnats._dispatch runs the callback once per payload in
-one statement, as the subscribing role (see pgnats--1.0.sql), and adds to the subscription's
-counters in pgnats.subscription_stats (see transactions.py). When anything fails, the batch
+one statement, as the subscribing role (see pgnats--1.0.sql), adds to the subscription's
+counters in pgnats.subscription_stats, and resets the session's settings (see
+transactions.py). When anything fails, the batch
 is rolled back and run again with every group in a savepoint; a group that fails again is
 run message by message, each in a subtransaction, and the failing messages are recorded in
 pgnats.subscription_failures in that same transaction. So the common case pays nothing for

@@ -1,7 +1,7 @@
 """The transactions a dispatcher runs on its connection, and how their errors are told apart.
 
-Three kinds, all starting with the session reset and ``BEGIN; SELECT pg_current_xact_id()``
-and ending with a separate ``COMMIT`` (so that a connection lost during COMMIT is the only
+Three kinds, all starting with ``BEGIN; SELECT pg_current_xact_id()`` and ending with a
+separate ``COMMIT`` (so that a connection lost during COMMIT is the only
 ambiguous case, and the transaction ID resolves it):
 
 - optimistic: every group in one statement each, pipelined (one round trip);
@@ -35,9 +35,6 @@ DISPATCH_QUERY = "SELECT * FROM pgnats._dispatch(%s, %s, %s, %s, %s)"
 XACT_STATUS_QUERY = "SELECT pg_catalog.pg_xact_status(%s::pg_catalog.xid8)"
 
 COUNT_QUERY = "SELECT pgnats._count(%s, %s, %s, %s)"
-# Before each transaction: the session as it was when the worker connected, whatever the
-# previous batch's callbacks did to its settings (and no LISTEN piling up notifications).
-SESSION_RESET = ("RESET ALL", "UNLISTEN *")
 
 FAILURES_INSERT = """
 INSERT INTO pgnats.subscription_failures
@@ -86,7 +83,7 @@ def raise_if_lost_or_aborted(conn: Conn, aborted: asyncio.Event) -> None:
 async def run_transaction(
     conn: Conn, body: Body, *, pipelined: bool, aborted: asyncio.Event
 ) -> None:
-    """Reset the session, BEGIN, read the transaction ID, run ``body``, COMMIT.
+    """BEGIN, read the transaction ID, run ``body``, COMMIT.
 
     Raises ConnectionLost (with the ID when the connection broke during COMMIT), Aborted,
     or BatchFailed for any other error (the transaction is then to be rolled back).
@@ -95,14 +92,10 @@ async def run_transaction(
     try:
         if pipelined:
             async with conn.pipeline():
-                for statement in SESSION_RESET:
-                    await conn.execute(statement)
                 await conn.execute("BEGIN")
                 cursor = await conn.execute(XID_QUERY)
                 await body(conn)
         else:
-            for statement in SESSION_RESET:
-                await conn.execute(statement)
             await conn.execute("BEGIN")
             cursor = await conn.execute(XID_QUERY)
             await body(conn)
@@ -183,8 +176,10 @@ async def _run_isolated(conn: Conn, role: int, group: Group, aborted: asyncio.Ev
 
 async def write_bookkeeping(conn: Conn, groups: list[Group], uncounted: list[Group]) -> None:
     """Record the failures of ``groups``, and count ``uncounted`` (all failed)."""
-    # Undo whatever the callbacks did to the session's settings before our own SQL.
+    # Undo whatever the callbacks did to the session's settings before our own SQL (and
+    # for the next transaction: it is reset in this one).
     await conn.execute("RESET ALL")
+    await conn.execute("UNLISTEN *")
     for group in uncounted:
         await conn.execute(
             COUNT_QUERY, (group.subscription, Oid(group.target.callback), 0, len(group.failures))
