@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
 from pgnats_worker.logs import setup_logging
 from pgnats_worker.options import WorkerOptions
@@ -107,9 +108,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerOptions, str]:
     return options, args.log_level
 
 
+# NATS messages are parsed in a thread of their own (see nats_link.py); hand the GIL over
+# often, so that the event loop answering PostgreSQL never waits long for it.
+SWITCH_INTERVAL = 0.0005
+
+
 def main(argv: list[str] | None = None) -> None:
     options, log_level = parse_args(argv)
     setup_logging(log_level)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     raise SystemExit(asyncio.run(Supervisor(options).run()))
 
 
