@@ -1,4 +1,7 @@
-"""``python -m devstack up|down|destroy|env``: the local stack from the command line."""
+"""``python -m devstack up|down|destroy|env``: the local stack from the command line.
+
+``up`` starts PostgreSQL, NATS and pgnats-worker (in the background); ``down`` stops all three.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ def main() -> None:
     stack = Stack(name=args.name, prefer_default_ports=True)
     if args.command == "up":
         stack.up()
+        stack.start_worker()
         env = stack.env()
         print(f"PostgreSQL  {stack.postgres.url()}  (log: {stack.postgres.log_path})")
         print(f"NATS        {env['NATS_URL']}  (log: {stack.nats.log_path})")
+        print(f"worker      pgnats-worker  (log: {stack.worker.log_path})")
         print(f"environment . {stack.env_path}")
     elif args.command == "down":
         stack.down()

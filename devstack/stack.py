@@ -23,6 +23,7 @@ from devstack.nats import NatsServer
 from devstack.osuser import service_user_can_reach
 from devstack.ports import free_port, port_is_free
 from devstack.postgres import PgInstall, PostgresCluster
+from devstack.worker import WorkerProcess
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,11 @@ class Stack:
             settings=self.pg_settings,
         )
         self.nats = NatsServer(port=int(nats_port), workdir=self.runtime_dir / "nats")
+        self.worker = WorkerProcess(
+            dsn=self.postgres.url(),
+            log_path=self.state_dir / "worker.log",
+            pid_path=self.state_dir / "worker.pid",
+        )
         self._write_state()
 
     # -- state -------------------------------------------------------------------------
@@ -109,7 +115,13 @@ class Stack:
             self.nats.start()
         self.write_env()
 
+    def start_worker(self) -> None:
+        """pgnats-worker in the background, serving every database of the cluster."""
+        if not self.worker.is_running():
+            self.worker.start()
+
     def down(self) -> None:
+        self.worker.stop()
         self.nats.stop()
         self.postgres.stop()
 

@@ -43,6 +43,11 @@ from pgnats.backend.stream_api import (
     nats_publish_jsonb_stream,
     nats_publish_text_stream,
 )
+from pgnats.backend.subscriptions_api import (
+    nats_subscribe,
+    nats_unsubscribe,
+    validate_subscription,
+)
 
 __all__ = [
     "fdw_validator",
@@ -73,7 +78,10 @@ __all__ = [
     "nats_request_json",
     "nats_request_jsonb",
     "nats_request_text",
+    "nats_subscribe",
+    "nats_unsubscribe",
     "pgnats_reload_conf",
     "pgnats_reload_conf_force",
     "pgnats_version",
+    "validate_subscription",
 ]

@@ -1,0 +1,73 @@
+"""Reading a database's pgnats state as the worker: the NATS settings and the subscriptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from pgnats.config import ConnectSettings, parse_option_list, settings_from_options
+
+from pgnats_worker.model import Target
+
+DATABASES_QUERY = """
+SELECT datname FROM pg_catalog.pg_database
+ WHERE datallowconn AND NOT datistemplate
+ ORDER BY datname
+"""
+
+HAS_EXTENSION_QUERY = "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgnats'"
+
+IS_SUPERUSER_QUERY = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+
+# The same rule as the backend (pgnats.backend.settings): the server's options, and the
+# user mapping of the worker's role, else PUBLIC's.
+SETTINGS_QUERY = """
+SELECT s.srvoptions,
+       (SELECT um.umoptions
+          FROM pg_catalog.pg_user_mappings um
+         WHERE um.srvid = s.oid
+           AND um.umuser IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
+                                  WHERE r.rolname = current_user))
+         ORDER BY um.umuser DESC
+         LIMIT 1) AS umoptions
+  FROM pg_catalog.pg_foreign_server s
+  JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+ WHERE w.fdwname = 'pgnats_fdw'
+"""
+
+SUBSCRIPTIONS_QUERY = """
+SELECT s.subject, s.callback::pg_catalog.oid, s.callback::pg_catalog.text,
+       s.role::pg_catalog.oid, r.rolname
+  FROM pgnats.subscriptions s
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.role::pg_catalog.oid
+ ORDER BY s.subject, s.callback::pg_catalog.text
+"""
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def load_settings(conn: Conn) -> ConnectSettings:
+    """Settings of this database's pgnats_fdw server; the defaults when there is none."""
+    cursor = await conn.execute(SETTINGS_QUERY)
+    row = await cursor.fetchone()
+    if row is None:
+        return settings_from_options(None)
+    server_options, mapping_options = row
+    return settings_from_options(
+        parse_option_list(server_options),
+        parse_option_list(mapping_options) if mapping_options is not None else None,
+    )
+
+
+async def load_subscriptions(conn: Conn) -> tuple[dict[str, tuple[Target, ...]], list[str]]:
+    """Subject -> callbacks, and a description of each row that cannot be served (its role
+    was dropped)."""
+    cursor = await conn.execute(SUBSCRIPTIONS_QUERY)
+    wanted: dict[str, list[Target]] = {}
+    orphans: list[str] = []
+    for subject, callback, callback_name, role, role_name in await cursor.fetchall():
+        if role_name is None:
+            orphans.append(f"{subject} -> {callback_name} (role {role} no longer exists)")
+            continue
+        wanted.setdefault(subject, []).append(Target(callback, callback_name, role, role_name))
+    return {subject: tuple(targets) for subject, targets in wanted.items()}, orphans
