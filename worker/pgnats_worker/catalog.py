@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from pgnats.config import ConnectSettings, parse_option_list, settings_from_options
+from pgnats.catalog import SETTINGS_QUERY, default_settings, settings_from_row
+from pgnats.config import ConnectSettings
 
 from pgnats_worker.model import Target
 
@@ -18,22 +19,6 @@ SELECT datname FROM pg_catalog.pg_database
 HAS_EXTENSION_QUERY = "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgnats'"
 
 IS_SUPERUSER_QUERY = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-
-# The same rule as the backend (pgnats.backend.settings): the server's options, and the
-# user mapping of the worker's role, else PUBLIC's.
-SETTINGS_QUERY = """
-SELECT s.srvoptions,
-       (SELECT um.umoptions
-          FROM pg_catalog.pg_user_mappings um
-         WHERE um.srvid = s.oid
-           AND um.umuser IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
-                                  WHERE r.rolname = current_user))
-         ORDER BY um.umuser DESC
-         LIMIT 1) AS umoptions
-  FROM pg_catalog.pg_foreign_server s
-  JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
- WHERE w.fdwname = 'pgnats_fdw'
-"""
 
 SUBSCRIPTIONS_QUERY = """
 SELECT s.subject, s.callback::pg_catalog.oid, s.callback::pg_catalog.text,
@@ -51,12 +36,8 @@ async def load_settings(conn: Conn) -> ConnectSettings:
     cursor = await conn.execute(SETTINGS_QUERY)
     row = await cursor.fetchone()
     if row is None:
-        return settings_from_options(None)
-    server_options, mapping_options = row
-    return settings_from_options(
-        parse_option_list(server_options),
-        parse_option_list(mapping_options) if mapping_options is not None else None,
-    )
+        return default_settings()
+    return settings_from_row(*row)
 
 
 async def load_subscriptions(conn: Conn) -> tuple[dict[str, tuple[Target, ...]], list[str]]:

@@ -28,6 +28,7 @@ import psycopg
 from pgnats import __version__
 from pgnats.config import ConnectSettings
 from pgnats.errors import PgnatsError
+from pgnats.notifications import CHANNEL, RELOAD, RELOAD_FORCE, SUBSCRIPTIONS_CHANGED
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Oid
@@ -42,7 +43,6 @@ from pgnats_worker.options import WorkerOptions
 
 Conn = psycopg.AsyncConnection[Any]
 
-CHANNEL = "pgnats"
 # pg_try_advisory_lock key held by the worker serving a database: "pgnats" in ASCII.
 WORKER_LOCK_KEY = 0x70676E617473
 # How long the control loop waits for a notification before looking at its timers.
@@ -230,9 +230,9 @@ class DatabaseWorker:
             async for notify in conn.notifies(timeout=POLL_INTERVAL, stop_after=1):
                 received.add(notify.payload)
             now = time.monotonic()
-            if "reload" in received or "reload_force" in received:
-                await self._apply_settings(conn, force="reload_force" in received)
-            if "subscriptions" in received or now >= next_reconcile:
+            if RELOAD in received or RELOAD_FORCE in received:
+                await self._apply_settings(conn, force=RELOAD_FORCE in received)
+            if SUBSCRIPTIONS_CHANGED in received or now >= next_reconcile:
                 await self._reconcile(conn)
                 next_reconcile = now + self.options.reconcile_interval
             if self._state_changed.is_set() or now >= next_heartbeat:

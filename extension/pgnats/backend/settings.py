@@ -1,8 +1,4 @@
-"""Reading the connection settings of this database from the catalogs, as the current role.
-
-The user mapping comes from ``pg_user_mappings``, so PostgreSQL's own rules decide whose
-credentials a role may use: its own mapping (with USAGE on the server), else PUBLIC's.
-"""
+"""Reading the connection settings of this database from the catalogs, as the current role."""
 
 from __future__ import annotations
 
@@ -10,22 +6,8 @@ from typing import Any
 
 import plpy
 
-from pgnats.config import ConnectSettings, parse_option_list, settings_from_options
-
-SETTINGS_QUERY = """
-SELECT s.srvname,
-       s.srvoptions,
-       (SELECT um.umoptions
-          FROM pg_catalog.pg_user_mappings um
-         WHERE um.srvid = s.oid
-           AND um.umuser IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
-                                  WHERE r.rolname = current_user))
-         ORDER BY um.umuser DESC
-         LIMIT 1) AS umoptions
-  FROM pg_catalog.pg_foreign_server s
-  JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
- WHERE w.fdwname = 'pgnats_fdw'
-"""
+from pgnats.catalog import SETTINGS_QUERY, default_settings, settings_from_row
+from pgnats.config import ConnectSettings
 
 _plan: Any = None
 
@@ -37,10 +19,5 @@ def load_settings() -> ConnectSettings:
         _plan = plpy.prepare(SETTINGS_QUERY)
     rows = plpy.execute(_plan)
     if len(rows) == 0:
-        return settings_from_options(None)
-    row = rows[0]
-    mapping = row["umoptions"]
-    return settings_from_options(
-        parse_option_list(row["srvoptions"]),
-        parse_option_list(mapping) if mapping is not None else None,
-    )
+        return default_settings()
+    return settings_from_row(rows[0]["srvoptions"], rows[0]["umoptions"])
