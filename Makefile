@@ -45,16 +45,24 @@ install-python:
 uninstall-python:
 	rm -rf '$(DESTDIR)$(datadir)/pgnats'
 
+SETUP_DONE = .venv/.pgnats-setup-done
+
 setup:
 	./scripts/setup
 
-stack-up:
+$(SETUP_DONE):
+	./scripts/setup
+
+demo: $(SETUP_DONE)
+	$(VENV_BIN)/python -m devstack.demo
+
+stack-up: $(SETUP_DONE)
 	$(VENV_BIN)/python -m devstack up
 
 stack-down:
 	$(VENV_BIN)/python -m devstack down
 
-test:
+test: $(SETUP_DONE)
 	$(VENV_BIN)/python -m pytest
 
 lint:

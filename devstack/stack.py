@@ -67,6 +67,8 @@ class Stack:
             dsn=self.postgres.url(),
             log_path=self.state_dir / "worker.log",
             pid_path=self.state_dir / "worker.pid",
+            # Notice a database created for the demo (or by hand) within two seconds.
+            args=["--rescan-interval", "2"],
         )
         self._write_state()
 
