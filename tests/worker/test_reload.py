@@ -5,12 +5,23 @@ message published meanwhile is lost or processed twice."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import nats
+import pytest
 
+from devstack.nats import NatsServer
+from devstack.ports import free_port
+from devstack.stack import Stack
 from devstack.worker import WorkerProcess
+from tests.conftest import MakeDatabase, admin_connect
+from tests.tcp_delay import DelayProxy
 from tests.worker.conftest import (
     Conn,
     make_log_table,
@@ -55,7 +66,7 @@ class SteadyPublisher:
     def _run(self) -> None:
         try:
             asyncio.run(self._publish())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in stop()
+        except BaseException as exc:  # re-raised in stop()
             self.error = exc
 
     async def _publish(self) -> None:
@@ -135,3 +146,157 @@ def test_guide_troubleshooting_publish_right_after_a_forced_reload(
         time.sleep(0.1)
     publish(nats_url, "demo.messages", ["6"])
     assert_each_committed_once(conn, 6)
+
+
+# -- queue groups -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def monitored_nats(private_nats: NatsServer) -> tuple[NatsServer, int]:
+    """``private_nats`` with its HTTP monitoring port (the second value) open."""
+    http_port = free_port()
+    private_nats.extra_config = f"http: 127.0.0.1:{http_port}"
+    private_nats.restart()
+    return private_nats, http_port
+
+
+def queue_groups(http_port: int, subject: str) -> list[str]:
+    """The queue groups of the subscriptions to ``subject``, as the server lists them."""
+    url = f"http://127.0.0.1:{http_port}/connz?subs=detail"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        connections = json.load(response)["connections"] or []
+    return sorted(
+        sub.get("qgroup", "")
+        for connection in connections
+        for sub in connection.get("subscriptions_list_detail") or []
+        if sub["subject"] == subject
+    )
+
+
+def test_two_databases_each_get_every_message_in_queue_groups_of_their_own(
+    stack: Stack,
+    make_database: MakeDatabase,
+    monitored_nats: tuple[NatsServer, int],
+    worker: WorkerProcess,
+) -> None:
+    server, http_port = monitored_nats
+    names = [make_database(nats_url=server.url), make_database(nats_url=server.url)]
+    sent = [str(number) for number in range(1, 201)]
+    expected_groups = []
+    for name in names:
+        with admin_connect(stack, name) as conn:
+            make_log_table(conn)
+            conn.execute("SELECT nats_subscribe('shared.subject', 'log_message'::regproc)")
+            wait_subscribed(conn, "shared.subject")
+            expected_groups.append(
+                scalar(
+                    conn,
+                    "SELECT 'pgnats.' || system_identifier || '.' || "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "FROM pg_control_system()",
+                )
+            )
+            wait_value(
+                conn, "SELECT nats_queue_group FROM pgnats.worker_status", expected_groups[-1]
+            )
+    assert expected_groups[0] != expected_groups[1]
+    assert queue_groups(http_port, "shared.subject") == sorted(expected_groups)
+    publish(server.url, "shared.subject", sent)
+    for name in names:
+        with admin_connect(stack, name) as conn:
+            assert_each_committed_once(conn, len(sent))
+
+
+# -- a cluster ----------------------------------------------------------------------------
+
+
+# Each way, on the route between the two servers of nats_cluster.
+ROUTE_DELAY = 0.25
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[tuple[NatsServer, NatsServer]]:
+    """Two NATS servers of one cluster, whose route is slow (ROUTE_DELAY each way): a
+    subscription made at one server is known at the other only that much later."""
+    b_route_port = free_port()
+    proxy = DelayProxy(b_route_port, ROUTE_DELAY)
+    a = NatsServer(port=free_port(), workdir=tmp_path / "nats-a", jetstream=False)
+    b = NatsServer(port=free_port(), workdir=tmp_path / "nats-b", jetstream=False)
+    a.extra_config = (
+        'server_name: "a"\n'
+        f'cluster {{ name: "pgnats-test", listen: "127.0.0.1:{free_port()}", '
+        f'routes: ["nats-route://127.0.0.1:{proxy.port}"] }}'
+    )
+    b.extra_config = (
+        f'server_name: "b"\ncluster {{ name: "pgnats-test", listen: "127.0.0.1:{b_route_port}" }}'
+    )
+    proxy.start()
+    try:
+        b.start()
+        a.start()
+        wait_routed(a.url, b.url)
+        yield a, b
+    finally:
+        for server in (a, b):
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+        proxy.stop()
+
+
+def wait_routed(from_url: str, to_url: str, timeout: float = 10.0) -> None:
+    """Until a message published at ``from_url`` reaches a subscriber at ``to_url``."""
+
+    async def probe() -> None:
+        sender = await nats.connect(from_url, connect_timeout=5)
+        receiver = await nats.connect(to_url, connect_timeout=5)
+        try:
+            subscription = await receiver.subscribe("route.probe")
+            await receiver.flush()
+            deadline = time.monotonic() + timeout
+            while True:
+                await sender.publish("route.probe", b"")
+                await sender.flush()
+                try:
+                    await subscription.next_msg(timeout=0.1)
+                    return
+                except nats.errors.TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the NATS servers did not form a cluster") from None
+        finally:
+            await sender.close()
+            await receiver.close()
+
+    asyncio.run(probe())
+
+
+def test_moving_to_another_server_of_the_cluster_loses_nothing(
+    stack: Stack,
+    make_database: MakeDatabase,
+    nats_cluster: tuple[NatsServer, NatsServer],
+    worker: WorkerProcess,
+) -> None:
+    """The stream is published at server a; the worker moves from a to b and back. The old
+    connection lets go only once the new one's subscriptions are known at a, a quarter of
+    a second after they were made at b."""
+    a, b = nats_cluster
+    with admin_connect(stack, make_database(nats_url=a.url)) as conn:
+        make_log_table(conn)
+        conn.execute("SELECT nats_subscribe('steady', 'log_message'::regproc)")
+        wait_subscribed(conn, "steady")
+        publisher = SteadyPublisher(a.url, "steady")
+        publisher.start()
+        try:
+            wait_value(conn, "SELECT count(*) > 100 FROM message_log", True)
+            for handovers, server in enumerate((b, a, b), start=1):
+                conn.execute(f"ALTER SERVER nats_server OPTIONS (SET nats_url '{server.url}')")
+                conn.execute("SELECT pgnats_reload_conf()")
+                wait_until(
+                    lambda: worker.log_text().count(HANDED_OVER) >= handovers,  # noqa: B023
+                    what=f"handover {handovers}",
+                )
+                wait_value(conn, "SELECT nats_server FROM pgnats.worker_status", server.url)
+            time.sleep(0.3)
+        finally:
+            sent = publisher.stop(at_least=2000)
+        assert_each_committed_once(conn, sent)
+    assert "did not reach the new one" not in worker.log_text()

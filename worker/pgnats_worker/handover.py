@@ -55,9 +55,7 @@ class NatsLinks:
     def wants(self, settings: ConnectSettings, queue_group: str) -> bool:
         """Whether the newest connection was made with other settings (or there is none)."""
         newest = self._next or self.current
-        return (
-            newest is None or newest.settings != settings or newest.queue_group != queue_group
-        )
+        return newest is None or newest.settings != settings or newest.queue_group != queue_group
 
     async def connect(self, settings: ConnectSettings, queue_group: str) -> None:
         """Make a connection with ``settings``; it takes over from the current one (if any)
@@ -110,9 +108,10 @@ class NatsLinks:
                 reached = False
             if not reached:
                 log_event(
-                    logging.WARNING,
-                    f"the previous NATS connection ({old.server}) did not reach the new one "
-                    f"within {PROBE_TIMEOUT}s; closing it anyway",
+                    logging.INFO,
+                    f"a probe published through the previous NATS connection ({old.server}) "
+                    f"did not reach the new one within {PROBE_TIMEOUT}s (another NATS "
+                    "system, or no permission for _INBOX subjects); closing it anyway",
                     database=self.database,
                 )
         self.current, self._next, self._handover = link, None, None
