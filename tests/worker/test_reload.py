@@ -24,6 +24,7 @@ from tests.conftest import MakeDatabase, admin_connect
 from tests.tcp_delay import DelayProxy
 from tests.worker.conftest import (
     Conn,
+    StartWorker,
     make_log_table,
     publish,
     scalar,
@@ -300,3 +301,59 @@ def test_moving_to_another_server_of_the_cluster_loses_nothing(
             sent = publisher.stop(at_least=2000)
         assert_each_committed_once(conn, sent)
     assert "did not reach the new one" not in worker.log_text()
+
+
+def test_handover_without_permission_for_inbox_subjects(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer, start_worker: StartWorker
+) -> None:
+    """A worker whose NATS user may use its subjects only (no _INBOX.> for the probe)
+    still hands over at once, and without warnings."""
+    private_nats.extra_config = """authorization { users = [
+        {user: worker, password: w, permissions: {subscribe: "perm.>", publish: "perm.>"}}
+        {user: publisher, password: p}
+    ] }"""
+    private_nats.restart()
+    with admin_connect(stack, make_database(nats_url=private_nats.url)) as conn:
+        conn.execute(
+            "CREATE USER MAPPING FOR PUBLIC SERVER nats_server "
+            "OPTIONS (user 'worker', password 'w')"
+        )
+        make_log_table(conn)
+        conn.execute("SELECT nats_subscribe('perm.steady', 'log_message'::regproc)")
+        worker = start_worker()
+        wait_subscribed(conn, "perm.steady")
+        publisher = SteadyPublisher(
+            f"nats://publisher:p@127.0.0.1:{private_nats.port}", "perm.steady"
+        )
+        publisher.start()
+        try:
+            wait_value(conn, "SELECT count(*) > 100 FROM message_log", True)
+            for handovers in (1, 2):
+                started = time.monotonic()
+                conn.execute("SELECT pgnats_reload_conf_force()")
+                wait_until(
+                    lambda: worker.log_text().count(HANDED_OVER) >= handovers,  # noqa: B023
+                    what=f"handover {handovers}",
+                )
+                assert time.monotonic() - started < 1.5  # the refused probe is not waited for
+        finally:
+            sent = publisher.stop(at_least=1000)
+        assert_each_committed_once(conn, sent)
+    log = worker.log_text()
+    assert "NATS probe refused" in log
+    assert "NATS error" not in log
+
+
+def test_settings_changed_without_a_reload_are_picked_up(
+    conn: Conn, private_nats: NatsServer, worker: WorkerProcess, db: str
+) -> None:
+    """ALTER SERVER alone: the worker moves at its next reconcile (1 s in these tests), as
+    a backend does within a second, without waiting for pgnats_reload_conf()."""
+    make_log_table(conn)
+    conn.execute("SELECT nats_subscribe('moved', 'log_message'::regproc)")
+    wait_subscribed(conn, "moved")
+    conn.execute(f"ALTER SERVER nats_server OPTIONS (SET nats_url '{private_nats.url}')")
+    wait_value(conn, "SELECT nats_server FROM pgnats.worker_status", private_nats.url)
+    publish(private_nats.url, "moved", ["on the new server"])
+    wait_value(conn, "SELECT count(*) FROM message_log", 1)
+    worker.wait_for_log(f"database={db}: reconnecting to NATS (settings changed)")

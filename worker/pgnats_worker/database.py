@@ -98,6 +98,7 @@ class DatabaseWorker:
         self._stopping = False
         self._receiving = True
         self._queue_group = ""
+        self._settings_error: str | None = None
         self._targets: dict[str, tuple[Target, ...]] = {}
         self._dispatchers: dict[int, RoleDispatcher] = {}
         self._retired: list[RoleDispatcher] = []
@@ -242,9 +243,12 @@ class DatabaseWorker:
             async for notify in conn.notifies(timeout=POLL_INTERVAL, stop_after=1):
                 received.add(notify.payload)
             now = time.monotonic()
-            if RELOAD in received or RELOAD_FORCE in received:
+            reconcile_due = now >= next_reconcile
+            # Settings changed without pgnats_reload_conf() are picked up at the next
+            # reconcile: a reconnect loses nothing (handover.py), so it need not wait.
+            if RELOAD in received or RELOAD_FORCE in received or reconcile_due:
                 await self._apply_settings(conn, force=RELOAD_FORCE in received)
-            if SUBSCRIPTIONS_CHANGED in received or now >= next_reconcile:
+            if SUBSCRIPTIONS_CHANGED in received or reconcile_due:
                 await self._reconcile(conn)
                 next_reconcile = now + self.options.reconcile_interval
             if self._state_changed.is_set() or now >= next_heartbeat:
@@ -282,12 +286,15 @@ class DatabaseWorker:
         try:
             settings = await load_settings(conn)
         except PgnatsError as exc:
-            log_event(
-                logging.ERROR,
-                f"invalid NATS settings, keeping the old ones: {exc}",
-                database=self.name,
-            )
+            if str(exc) != self._settings_error:  # once, not at every reconcile
+                self._settings_error = str(exc)
+                log_event(
+                    logging.ERROR,
+                    f"invalid NATS settings, keeping the old ones: {exc}",
+                    database=self.name,
+                )
             return
+        self._settings_error = None
         if not self._receiving or (not force and not self._nats.wants(settings, self._queue_group)):
             return
         if self._nats.current is not None:

@@ -92,6 +92,10 @@ class NatsLink:
         self._wanted = set(wanted)
         self._ready = asyncio.Event()  # the worker loop's: connected, everything subscribed
         self._probe: Subscription | None = None
+        # The subject of a probe under way (see receives_from), in this link or the other
+        # one, and whether the server refused it to this link.
+        self._probe_subject: str | None = None
+        self._probe_denied = False
         self._sync_lock = asyncio.Lock()  # in the NATS thread's loop
         self._inbox: list[tuple[str, str, bytes]] = []
         self._inbox_lock = threading.Lock()
@@ -260,16 +264,21 @@ class NatsLink:
         them on to each other in order. So once a probe, subscribed after everything
         else, arrives from ``other``, the server behind ``other`` knows every queue
         subscription of this link, and ``other`` may unsubscribe without a gap.
+        False when it does not arrive within ``timeout`` seconds, or either side may not
+        use the probe's _INBOX subject.
         """
         arrived = asyncio.Event()
-        subject = await self._in_thread(self._subscribe_probe(arrived))
-        if subject is None:
-            return False
+        self._probe_denied = other._probe_denied = False
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while other.connected:
+            subject = await self._in_thread(self._subscribe_probe(arrived))
+            if subject is None:
+                return False
+            other._probe_subject = subject
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while other.connected and not (self._probe_denied or other._probe_denied):
                 await other._in_thread(other._publish_probe(subject))
-                remaining = deadline - asyncio.get_running_loop().time()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
                 with contextlib.suppress(TimeoutError):
@@ -277,18 +286,22 @@ class NatsLink:
                     return True
             return False
         finally:
+            for link in (self, other):
+                link._probe_subject = None
             await self._in_thread(self._unsubscribe_probe())
 
     async def _subscribe_probe(self, arrived: asyncio.Event) -> str | None:
+        """Subscribe a new inbox subject (after every subscription of a sync under way);
+        its name, or None when not connected."""
+
+        async def on_probe(msg: Msg) -> None:
+            self._to_worker(arrived.set)
+
         async with self._sync_lock:
             client = self._client
             if client is None or not client.is_connected:
                 return None
-
-            async def on_probe(msg: Msg) -> None:
-                self._to_worker(arrived.set)
-
-            subject = client.new_inbox()
+            subject = self._probe_subject = client.new_inbox()
             try:
                 self._probe = await client.subscribe(subject, cb=on_probe)
             except Exception:
@@ -306,6 +319,12 @@ class NatsLink:
         if probe is not None:
             with contextlib.suppress(Exception):
                 await probe.unsubscribe()
+
+    def _is_probe_error(self, error: Exception) -> bool:
+        """A permissions violation for the probe's subject (the server names it, lower
+        case)."""
+        subject = self._probe_subject
+        return subject is not None and subject.lower() in str(error).lower()
 
     def _handler(self, subscribed: str) -> Callable[[Msg], Any]:
         async def handle(msg: Msg) -> None:
@@ -327,6 +346,10 @@ class NatsLink:
 
     # -- nats-py callbacks (in the NATS thread) -------------------------------------------
     async def _on_error(self, error: Exception) -> None:
+        if self._is_probe_error(error):  # not the user's business: the handover goes on
+            self._probe_denied = True
+            log_event(logging.DEBUG, f"NATS probe refused: {error!r}", database=self.database)
+            return
         if self._error_log.allow():
             log_event(logging.WARNING, f"NATS error: {error!r}", database=self.database)
 
