@@ -357,3 +357,45 @@ def test_settings_changed_without_a_reload_are_picked_up(
     publish(private_nats.url, "moved", ["on the new server"])
     wait_value(conn, "SELECT count(*) FROM message_log", 1)
     worker.wait_for_log(f"database={db}: reconnecting to NATS (settings changed)")
+
+
+def worker_connections(http_port: int, db: str) -> list[list[str]]:
+    """The subjects subscribed by each connection of the worker for ``db``."""
+    url = f"http://127.0.0.1:{http_port}/connz?subs=detail"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        connections = json.load(response)["connections"] or []
+    return [
+        sorted(sub["subject"] for sub in connection.get("subscriptions_list_detail") or [])
+        for connection in connections
+        if connection.get("name") == f"pgnats-worker {db}"
+    ]
+
+
+def test_reloads_in_a_row_and_while_nats_is_down_leave_one_connection(
+    stack: Stack,
+    make_database: MakeDatabase,
+    monitored_nats: tuple[NatsServer, int],
+    worker: WorkerProcess,
+) -> None:
+    server, http_port = monitored_nats
+    db = make_database(nats_url=server.url)
+    with admin_connect(stack, db) as conn:
+        make_log_table(conn)
+        conn.execute("SELECT nats_subscribe('kept', 'log_message'::regproc)")
+        wait_subscribed(conn, "kept")
+        for _ in range(3):
+            conn.execute("SELECT pgnats_reload_conf_force()")
+        wait_until(lambda: worker_connections(http_port, db) == [["kept"]], what="one connection")
+        server.kill()
+        # While NATS is down: the second reload replaces the connection the first one is
+        # still trying to make.
+        reconnecting = f"database={db}: reconnecting to NATS (pgnats_reload_conf_force())"
+        for _ in range(2):
+            before = worker.log_text().count(reconnecting)
+            conn.execute("SELECT pgnats_reload_conf_force()")
+            wait_until(lambda: worker.log_text().count(reconnecting) > before, what=reconnecting)  # noqa: B023
+        server.start()
+        wait_until(lambda: worker_connections(http_port, db) == [["kept"]], what="one connection")
+        wait_subscribed(conn, "kept")
+        publish(server.url, "kept", ["1", "2", "3"])
+        assert_each_committed_once(conn, 3)
