@@ -3,7 +3,9 @@
 The control connection LISTENs on channel ``pgnats`` (payloads ``subscriptions``, ``reload``,
 ``reload_force``), reconciles the NATS subscriptions with pgnats.subscriptions after every
 (re)connect, on every notification and every ``reconcile_interval`` seconds (a notification
-sent while the worker was reconnecting is lost), and writes the heartbeat row that
+sent while the worker was reconnecting is lost), re-reads the NATS settings on ``reload``
+and at every reconcile (a changed one gets a new NATS connection that takes over without a
+gap, see handover.py), and writes the heartbeat row that
 pgnats.worker_status and pgnats.subscription_status show. It also holds an advisory lock,
 so that a second worker started on the same cluster stands by instead of processing every
 message twice.

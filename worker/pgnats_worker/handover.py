@@ -110,8 +110,8 @@ class NatsLinks:
                 log_event(
                     logging.INFO,
                     f"a probe published through the previous NATS connection ({old.server}) "
-                    "did not reach the new one (another NATS "
-                    "system, or no permission for _INBOX subjects); closing it anyway",
+                    "did not reach the new one (another NATS system, or no permission for "
+                    "_INBOX subjects); closing it anyway",
                     database=self.database,
                 )
         self.current, self._next, self._handover = link, None, None
