@@ -426,6 +426,8 @@ CREATE TABLE pgnats.worker_heartbeat (
     heartbeat_interval interval NOT NULL,
     nats_connected boolean NOT NULL,
     nats_server text,
+    -- The NATS queue group of every subscription of the worker for this database.
+    nats_queue_group text,
     -- [{"subject": ..., "callback": <oid>}, ...]: what the worker serves, with a live NATS
     -- subscription for each subject.
     serving jsonb NOT NULL DEFAULT '[]',
@@ -440,7 +442,7 @@ SELECT h.pid, h.host, h.version, h.started_at, h.heartbeat_at,
        h.nats_connected, h.nats_server,
        ARRAY(SELECT DISTINCT x.subject FROM jsonb_to_recordset(h.serving) AS x(subject text)
               ORDER BY 1) AS subscribed,
-       h.serving, h.queued, h.dropped
+       h.serving, h.queued, h.dropped, h.nats_queue_group
   FROM pgnats.worker_heartbeat h;
 GRANT SELECT ON pgnats.worker_status TO PUBLIC;
 

@@ -28,6 +28,16 @@ SELECT s.subject, s.callback::pg_catalog.oid, s.callback::pg_catalog.text,
  ORDER BY s.subject, s.callback::pg_catalog.text
 """
 
+# The NATS queue group of the worker's subscriptions for this database: unique to the
+# cluster (its system identifier) and the database, so that two clusters or two databases
+# sharing a NATS each get every message, while the old and the new connection of one
+# database during a reload never both get the same one.
+QUEUE_GROUP_QUERY = """
+SELECT 'pgnats.' || s.system_identifier || '.' || d.oid
+  FROM pg_catalog.pg_control_system() s, pg_catalog.pg_database d
+ WHERE d.datname = pg_catalog.current_database()
+"""
+
 Conn = psycopg.AsyncConnection[Any]
 
 
@@ -38,6 +48,13 @@ async def load_settings(conn: Conn) -> ConnectSettings:
     if row is None:
         return default_settings()
     return settings_from_row(*row)
+
+
+async def load_queue_group(conn: Conn) -> str:
+    cursor = await conn.execute(QUEUE_GROUP_QUERY)
+    row = await cursor.fetchone()
+    assert row is not None  # the database we are connected to exists
+    return str(row[0])
 
 
 async def load_subscriptions(conn: Conn) -> tuple[dict[str, tuple[Target, ...]], list[str]]:

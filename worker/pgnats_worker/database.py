@@ -3,7 +3,9 @@
 The control connection LISTENs on channel ``pgnats`` (payloads ``subscriptions``, ``reload``,
 ``reload_force``), reconciles the NATS subscriptions with pgnats.subscriptions after every
 (re)connect, on every notification and every ``reconcile_interval`` seconds (a notification
-sent while the worker was reconnecting is lost), and writes the heartbeat row that
+sent while the worker was reconnecting is lost), re-reads the NATS settings on ``reload``
+and at every reconcile (a changed one gets a new NATS connection that takes over without a
+gap, see handover.py), and writes the heartbeat row that
 pgnats.worker_status and pgnats.subscription_status show. It also holds an advisory lock,
 so that a second worker started on the same cluster stands by instead of processing every
 message twice.
@@ -26,7 +28,6 @@ from typing import Any
 
 import psycopg
 from pgnats import __version__
-from pgnats.config import ConnectSettings
 from pgnats.errors import PgnatsError
 from pgnats.notifications import CHANNEL, RELOAD, RELOAD_FORCE, SUBSCRIPTIONS_CHANGED
 from psycopg.conninfo import make_conninfo
@@ -34,8 +35,14 @@ from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Oid
 
 from pgnats_worker.backoff import Backoff
-from pgnats_worker.catalog import HAS_EXTENSION_QUERY, load_settings, load_subscriptions
+from pgnats_worker.catalog import (
+    HAS_EXTENSION_QUERY,
+    load_queue_group,
+    load_settings,
+    load_subscriptions,
+)
 from pgnats_worker.dispatch import RoleDispatcher
+from pgnats_worker.handover import NatsLinks
 from pgnats_worker.logs import RateLimit, describe, log_event
 from pgnats_worker.model import Delivery, Target
 from pgnats_worker.nats_link import NatsLink
@@ -51,14 +58,15 @@ POLL_INTERVAL = 0.25
 HEARTBEAT_UPSERT = """
 INSERT INTO pgnats.worker_heartbeat AS h
        (singleton, pid, host, version, started_at, heartbeat_at, heartbeat_interval,
-        nats_connected, nats_server, serving, queued, dropped)
+        nats_connected, nats_server, nats_queue_group, serving, queued, dropped)
 VALUES (true, %s, %s, %s, pg_catalog.to_timestamp(%s), pg_catalog.now(),
-        pg_catalog.make_interval(secs => %s), %s, %s, %s, %s, %s)
+        pg_catalog.make_interval(secs => %s), %s, %s, %s, %s, %s, %s)
 ON CONFLICT (singleton) DO UPDATE
    SET pid = excluded.pid, host = excluded.host, version = excluded.version,
        started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
        heartbeat_interval = excluded.heartbeat_interval,
        nats_connected = excluded.nats_connected, nats_server = excluded.nats_server,
+       nats_queue_group = excluded.nats_queue_group,
        serving = excluded.serving, queued = excluded.queued, dropped = excluded.dropped
 """
 
@@ -91,7 +99,8 @@ class DatabaseWorker:
         self._started_at = started_at
         self._stopping = False
         self._receiving = True
-        self._nats: NatsLink | None = None
+        self._queue_group = ""
+        self._settings_error: str | None = None
         self._targets: dict[str, tuple[Target, ...]] = {}
         self._dispatchers: dict[int, RoleDispatcher] = {}
         self._retired: list[RoleDispatcher] = []
@@ -103,6 +112,12 @@ class DatabaseWorker:
         self._orphans: list[str] = []
         self._state_changed = asyncio.Event()
         self._stop_event = asyncio.Event()
+        self._nats = NatsLinks(
+            database=name,
+            reconnect_wait=options.nats_reconnect_wait,
+            on_message=self._on_message,
+            on_change=self._state_changed.set,
+        )
         self._known: dict[tuple[str, int], Target] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -120,8 +135,7 @@ class DatabaseWorker:
     # -- shutdown, in the order the supervisor calls them --------------------------------
     async def stop_receiving(self) -> None:
         self._receiving = False
-        if self._nats is not None:
-            await self._nats.close()
+        await self._nats.close()
 
     def finish(self) -> None:
         for dispatcher in self._all_dispatchers():
@@ -217,6 +231,7 @@ class DatabaseWorker:
         if not await self._take_lock(conn):
             return
         await conn.execute(f"LISTEN {CHANNEL}")
+        self._queue_group = await load_queue_group(conn)
         await self._apply_settings(conn, force=False)
         await self._reconcile(conn)
         await self._heartbeat(conn)
@@ -230,9 +245,12 @@ class DatabaseWorker:
             async for notify in conn.notifies(timeout=POLL_INTERVAL, stop_after=1):
                 received.add(notify.payload)
             now = time.monotonic()
-            if RELOAD in received or RELOAD_FORCE in received:
+            reconcile_due = now >= next_reconcile
+            # Settings changed without pgnats_reload_conf() are picked up at the next
+            # reconcile: a reconnect loses nothing (handover.py), so it need not wait.
+            if RELOAD in received or RELOAD_FORCE in received or reconcile_due:
                 await self._apply_settings(conn, force=RELOAD_FORCE in received)
-            if SUBSCRIPTIONS_CHANGED in received or now >= next_reconcile:
+            if SUBSCRIPTIONS_CHANGED in received or reconcile_due:
                 await self._reconcile(conn)
                 next_reconcile = now + self.options.reconcile_interval
             if self._state_changed.is_set() or now >= next_heartbeat:
@@ -259,9 +277,8 @@ class DatabaseWorker:
                     database=self.name,
                 )
                 announced = True
-                if self._nats is not None:  # we served it before losing the lock
+                if self._nats.current is not None:  # we served it before losing the lock
                     await self.stop_receiving()
-                    self._nats = None
                     self._receiving = True
             await self._sleep(self.options.rescan_interval)
         return False
@@ -271,33 +288,25 @@ class DatabaseWorker:
         try:
             settings = await load_settings(conn)
         except PgnatsError as exc:
-            log_event(
-                logging.ERROR,
-                f"invalid NATS settings, keeping the old ones: {exc}",
-                database=self.name,
-            )
+            if str(exc) != self._settings_error:  # once, not at every reconcile
+                self._settings_error = str(exc)
+                log_event(
+                    logging.ERROR,
+                    f"invalid NATS settings, keeping the old ones: {exc}",
+                    database=self.name,
+                )
             return
-        if self._nats is not None and self._nats.settings == settings and not force:
+        self._settings_error = None
+        if not self._receiving or (not force and not self._nats.wants(settings, self._queue_group)):
             return
-        if self._nats is not None:
+        if self._nats.current is not None:
+            # The current connection goes on receiving until the new one has taken over.
             reason = "pgnats_reload_conf_force()" if force else "settings changed"
             log_event(logging.INFO, f"reconnecting to NATS ({reason})", database=self.name)
-            await self._nats.close()
             if force:
                 for dispatcher in self._dispatchers.values():
                     dispatcher.request_reconnect()
-        self._start_nats(settings)
-
-    def _start_nats(self, settings: ConnectSettings) -> None:
-        link = NatsLink(
-            database=self.name,
-            settings=settings,
-            reconnect_wait=self.options.nats_reconnect_wait,
-            on_message=self._on_message,
-            on_change=self._state_changed.set,
-        )
-        self._nats = link
-        link.start()
+        await self._nats.connect(settings, self._queue_group)
 
     # -- subscriptions -------------------------------------------------------------------
     async def _reconcile(self, conn: Conn) -> None:
@@ -319,7 +328,7 @@ class DatabaseWorker:
             dispatcher = self._dispatchers.pop(role)
             dispatcher.stop()
             self._retired.append(dispatcher)
-        if self._nats is not None and self._receiving:
+        if self._receiving:
             await self._nats.sync(set(wanted))
         await conn.execute(FORGET_ORPHAN_STATS)
         self._state_changed.set()
@@ -403,7 +412,7 @@ class DatabaseWorker:
 
     # -- heartbeat -----------------------------------------------------------------------
     async def _heartbeat(self, conn: Conn) -> None:
-        link = self._nats
+        link = self._nats.current
         dropped = dict(self._dropped_pending)
         async with conn.transaction():
             await conn.execute(
@@ -416,6 +425,7 @@ class DatabaseWorker:
                     self.options.heartbeat_interval,
                     link is not None and link.connected,
                     link.server if link is not None else None,
+                    link.queue_group if link is not None else None,
                     Jsonb(self._serving(link)),
                     self._queued,
                     self._dropped_total,

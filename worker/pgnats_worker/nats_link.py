@@ -1,5 +1,9 @@
 """One database's connection to NATS and its subscriptions.
 
+Every subscription joins the database's queue group (see catalog.QUEUE_GROUP_QUERY), so
+that while a new connection takes over from an old one (handover.py) each message reaches
+one of the two, never both, and never neither.
+
 nats-py reconnects by itself, forever (max_reconnect_attempts=-1), and sends the
 subscriptions again after each reconnect. The first connection is retried too: nats.connect
 keeps trying every ``reconnect_wait`` seconds until it succeeds or is cancelled (settings
@@ -36,7 +40,12 @@ from pgnats_worker.logs import RateLimit, log_event
 MessageHandler = Callable[[str, str, bytes], None]
 
 FLUSH_TIMEOUT = 2
+# Draining: unsubscribe, then a round trip, after which the server has sent everything it
+# will send; what it sent is read and handed over before the connection closes.
+DRAIN_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
+# How often a probe (see receives_from) is published again while it has not arrived.
+PROBE_RETRY = 0.05
 
 T = TypeVar("T")
 
@@ -60,12 +69,15 @@ class NatsLink:
         *,
         database: str,
         settings: ConnectSettings,
+        queue_group: str,
+        wanted: set[str],
         reconnect_wait: float,
         on_message: MessageHandler,
         on_change: Callable[[], None],
     ) -> None:
         self.database = database
         self.settings = settings
+        self.queue_group = queue_group
         self._reconnect_wait = reconnect_wait
         self._on_message = on_message
         self._on_change = on_change
@@ -77,7 +89,13 @@ class NatsLink:
         self._connecting: Any = None  # concurrent.futures.Future of the first connection
         self._subscriptions: dict[str, Subscription] = {}  # touched in the NATS thread only
         self._live: frozenset[str] = frozenset()  # a copy the worker's loop may read
-        self._wanted: set[str] = set()
+        self._wanted = set(wanted)
+        self._ready = asyncio.Event()  # the worker loop's: connected, everything subscribed
+        self._probe: Subscription | None = None
+        # The subject of a probe under way (see receives_from), in this link or the other
+        # one, and whether the server refused it to this link.
+        self._probe_subject: str | None = None
+        self._probe_denied = False
         self._sync_lock = asyncio.Lock()  # in the NATS thread's loop
         self._inbox: list[tuple[str, str, bytes]] = []
         self._inbox_lock = threading.Lock()
@@ -97,6 +115,10 @@ class NatsLink:
         if url is None:
             return None
         return f"{url.scheme}://{url.hostname}:{url.port}"
+
+    async def wait_ready(self) -> None:
+        """Until the first connection is made and every wanted subject subscribed."""
+        await self._ready.wait()
 
     @property
     def subscribed(self) -> list[str]:
@@ -158,6 +180,7 @@ class NatsLink:
         self._client = client
         log_event(logging.INFO, f"connected to NATS {self.server}", database=self.database)
         await self._sync(self._wanted)
+        self._to_worker(self._ready.set)
         self._to_worker(self._on_change)
 
     async def close(self) -> None:
@@ -174,14 +197,15 @@ class NatsLink:
         self._thread = None
 
     async def _close(self) -> None:
-        client, self._client = self._client or self._connecting_client, None
-        self._subscriptions.clear()
-        self._live = frozenset()
+        async with self._sync_lock:  # no subscribe may slip in while draining
+            client, self._client = self._client or self._connecting_client, None
+            self._subscriptions.clear()
+            self._live = frozenset()
         if client is None or client.is_closed:
             return
         try:
             if client.is_connected:
-                await asyncio.wait_for(client.drain(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(client.drain(), DRAIN_TIMEOUT)
         except Exception as exc:  # a drain cut short still leaves us closing the client
             log_event(logging.DEBUG, f"NATS drain: {exc!r}", database=self.database)
         finally:
@@ -206,7 +230,7 @@ class NatsLink:
             for subject in sorted(wanted - set(self._subscriptions)):
                 try:
                     self._subscriptions[subject] = await client.subscribe(
-                        subject, cb=self._handler(subject)
+                        subject, queue=self.queue_group, cb=self._handler(subject)
                     )
                 except Exception as exc:  # a row written around the checks, say
                     log_event(
@@ -232,6 +256,76 @@ class NatsLink:
                         logging.WARNING, f"NATS flush failed: {exc!r}", database=self.database
                     )
 
+    # -- handover ---------------------------------------------------------------------
+    async def receives_from(self, other: NatsLink, timeout: float) -> bool:
+        """Whether a message published through ``other`` now reaches this link.
+
+        A server takes a connection's SUBs in order, and the servers of a cluster pass
+        them on to each other in order. So once a probe, subscribed after everything
+        else, arrives from ``other``, the server behind ``other`` knows every queue
+        subscription of this link, and ``other`` may unsubscribe without a gap.
+        False when it does not arrive within ``timeout`` seconds, or either side may not
+        use the probe's _INBOX subject.
+        """
+        arrived = asyncio.Event()
+        self._probe_denied = other._probe_denied = False
+        try:
+            subject = await self._in_thread(self._subscribe_probe(arrived))
+            if subject is None:
+                return False
+            other._probe_subject = subject
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while other.connected and not (self._probe_denied or other._probe_denied):
+                await other._in_thread(other._publish_probe(subject))
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), min(PROBE_RETRY, remaining))
+                    return True
+            return False
+        finally:
+            for link in (self, other):
+                link._probe_subject = None
+            await self._in_thread(self._unsubscribe_probe())
+
+    async def _subscribe_probe(self, arrived: asyncio.Event) -> str | None:
+        """Subscribe a new inbox subject (after every subscription of a sync under way);
+        its name, or None when not connected."""
+
+        async def on_probe(msg: Msg) -> None:
+            self._to_worker(arrived.set)
+
+        async with self._sync_lock:
+            client = self._client
+            if client is None or not client.is_connected:
+                return None
+            subject = self._probe_subject = client.new_inbox()
+            try:
+                self._probe = await client.subscribe(subject, cb=on_probe)
+            except Exception:
+                return None
+            return subject
+
+    async def _publish_probe(self, subject: str) -> None:
+        client = self._client
+        if client is not None and client.is_connected:
+            with contextlib.suppress(Exception):
+                await client.publish(subject, b"")
+
+    async def _unsubscribe_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                await probe.unsubscribe()
+
+    def _is_probe_error(self, error: Exception) -> bool:
+        """A permissions violation for the probe's subject (the server names it, lower
+        case)."""
+        subject = self._probe_subject
+        return subject is not None and subject.lower() in str(error).lower()
+
     def _handler(self, subscribed: str) -> Callable[[Msg], Any]:
         async def handle(msg: Msg) -> None:
             with self._inbox_lock:
@@ -252,6 +346,10 @@ class NatsLink:
 
     # -- nats-py callbacks (in the NATS thread) -------------------------------------------
     async def _on_error(self, error: Exception) -> None:
+        if self._is_probe_error(error):  # not the user's business: the handover goes on
+            self._probe_denied = True
+            log_event(logging.DEBUG, f"NATS probe refused: {error!r}", database=self.database)
+            return
         if self._error_log.allow():
             log_event(logging.WARNING, f"NATS error: {error!r}", database=self.database)
 
