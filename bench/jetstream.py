@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.stack import Stack
+from devstack.stack import temporary_stack
 
 STREAM = "BENCH"
 SUBJECT = "bench.x"
@@ -186,17 +186,9 @@ def main() -> None:
     parser.add_argument("--file-mb", type=int, default=5)
     args = parser.parse_args()
 
-    stack = Stack(name=f"bench-js-{os.getpid()}")
-    try:
-        stack.up()
-        with psycopg.connect(stack.postgres.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
+    with temporary_stack("bench-js") as stack:
+        stack.create_database("bench")
         with psycopg.connect(stack.postgres.dsn("bench"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pgnats CASCADE")
-            conn.execute(
-                "CREATE SERVER nats_server FOREIGN DATA WRAPPER pgnats_fdw "
-                f"OPTIONS (nats_url '{stack.nats.url}')"
-            )
             baseline = Baseline(stack.nats.url)
             try:
                 baseline.run(baseline.js.add_stream(name=STREAM, subjects=["bench.>"]))
@@ -216,8 +208,6 @@ def main() -> None:
                         keep(name, rates)
             finally:
                 baseline.close()
-    finally:
-        stack.destroy()
 
     print(
         f"JetStream from SQL vs nats-py in a plain process "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.stack import Stack
+from devstack.stack import Stack, temporary_stack
 from devstack.worker import WorkerProcess
 
 SETUP = """
@@ -202,21 +201,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each run")
     parser.add_argument("--reload-every", type=float, default=0.5, help="seconds")
     args = parser.parse_args()
-    stack = Stack(name=f"bench-{os.getpid()}", pg_settings={"track_commit_timestamp": "on"})
-    try:
-        stack.up()
-        with psycopg.connect(stack.postgres.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
+    with temporary_stack("bench", {"track_commit_timestamp": "on"}) as stack:
+        stack.create_database("bench", connect_timeout="2000")
         with psycopg.connect(stack.postgres.dsn("bench"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pgnats CASCADE")
-            conn.execute(
-                "CREATE SERVER nats_server FOREIGN DATA WRAPPER pgnats_fdw "
-                f"OPTIONS (nats_url '{stack.nats.url}', connect_timeout '2000')"
-            )
             conn.execute(SETUP)
         asyncio.run(run(args, stack))
-    finally:
-        stack.destroy()
 
 
 if __name__ == "__main__":

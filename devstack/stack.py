@@ -15,9 +15,14 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from devstack.nats import NatsServer
 from devstack.osuser import service_user_can_reach
@@ -132,6 +137,25 @@ class Stack:
         for path in {self.runtime_dir, self.state_dir}:
             shutil.rmtree(path, ignore_errors=True)
 
+    def create_database(self, name: str, **server_options: str) -> None:
+        """A database with pgnats and a pgnats_fdw server pointing at this stack's NATS
+        (``server_options`` are added to its options)."""
+        with psycopg.connect(self.postgres.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        options = {"nats_url": self.nats.url, **server_options}
+        with psycopg.connect(self.postgres.dsn(name), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pgnats CASCADE")
+            conn.execute(
+                sql.SQL(
+                    "CREATE SERVER nats_server FOREIGN DATA WRAPPER pgnats_fdw OPTIONS ({})"
+                ).format(
+                    sql.SQL(", ").join(
+                        sql.SQL("{} {}").format(sql.Identifier(key), sql.Literal(value))
+                        for key, value in options.items()
+                    )
+                )
+            )
+
     def env(self) -> dict[str, str]:
         return {
             "PGHOST": "127.0.0.1",
@@ -144,3 +168,14 @@ class Stack:
     def write_env(self) -> None:
         lines = [f"export {key}={value}" for key, value in self.env().items()]
         self.env_path.write_text("\n".join(lines) + "\n")
+
+
+@contextmanager
+def temporary_stack(prefix: str, pg_settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A stack of its own for a script (benchmarks): up on entry, removed on exit."""
+    stack = Stack(name=f"{prefix}-{os.getpid()}", pg_settings=pg_settings or {})
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.destroy()
