@@ -59,6 +59,28 @@ CREATE EVENT TRIGGER pgnats_single_server ON ddl_command_end
     WHEN TAG IN ('CREATE SERVER')
     EXECUTE FUNCTION pgnats._check_single_server();
 
+-- Settings changed by DDL take effect at once in this session (its cached settings are
+-- dropped) and, at commit, in the worker (NOTIFY), with no pgnats_reload_conf() needed.
+-- (PL/Python has no event triggers, hence the plpgsql wrapper.)
+CREATE FUNCTION pgnats._reload_if_loaded() RETURNS void
+LANGUAGE plpython3u AS $$
+if 'pgnats' in GD:
+    GD['pgnats'].pgnats_reload_conf()
+$$;
+
+CREATE FUNCTION pgnats._settings_changed() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM pgnats._reload_if_loaded();
+    PERFORM pg_catalog.pg_notify('pgnats', 'reload');
+END
+$$;
+
+CREATE EVENT TRIGGER pgnats_settings_changed ON ddl_command_end
+    WHEN TAG IN ('CREATE SERVER', 'ALTER SERVER', 'DROP SERVER',
+                 'CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING')
+    EXECUTE FUNCTION pgnats._settings_changed();
+
 ----------------------------------------------------------------------------------------------
 -- Meta and configuration reload
 ----------------------------------------------------------------------------------------------

@@ -89,12 +89,16 @@ def test_user_and_password(
     server = make_server('authorization { user: "app", password: "s3cret" }')
     received = nats_side.subscribe(server.url, "auth.>", user="app", password="s3cret")
     with session_for(stack, make_database, server.url) as conn:
-        with pytest.raises(psycopg.Error, match=r"authentication failed \(Authorization Violation"):
+        with pytest.raises(
+            psycopg.Error, match=r"authentication failed \(Authorization Violation"
+        ) as excinfo:
             conn.execute("SELECT nats_publish_text('auth.x', 'no mapping')")
+        assert "no credentials were sent" in str(excinfo.value.diag.message_hint)
         map_user(conn, "user 'app', password 'wrong'")
         with pytest.raises(psycopg.Error, match="authentication failed") as excinfo:
             conn.execute("SELECT nats_publish_text('auth.x', 'wrong password')")
         assert excinfo.value.sqlstate == "28000"
+        assert "check the user mapping" in str(excinfo.value.diag.message_hint)
         conn.execute("ALTER USER MAPPING FOR CURRENT_USER SERVER nats_server "
                      "OPTIONS (SET password 's3cret')")  # fmt: skip
         conn.execute("SELECT pgnats_reload_conf()")
@@ -424,6 +428,15 @@ def test_each_role_uses_its_own_user_mapping(
             ):
                 bob.execute("SELECT nats_publish_text('roles.bob', 'from bob')")
             assert excinfo.value.sqlstate == "28000"
+            # Without USAGE on the server a role cannot read its own mapping: it sends no
+            # credentials, and the hint says why.
+            admin.execute(f"REVOKE USAGE ON FOREIGN SERVER nats_server FROM {roles['alice']}")
+            with (
+                psycopg.connect(stack.postgres.dsn(db, user=roles["alice"])) as alice,
+                pytest.raises(psycopg.Error, match="authentication failed") as excinfo,
+            ):
+                alice.execute("SELECT nats_publish_text('roles.alice', 'no usage')")
+            assert "GRANT USAGE ON FOREIGN SERVER" in str(excinfo.value.diag.message_hint)
         finally:
             for role in roles.values():
                 admin.execute(f"DROP OWNED BY {role}")

@@ -240,6 +240,23 @@ def test_reload_conf_moves_to_the_new_server(
     on_session_nats.assert_empty(0.2)
 
 
+def test_settings_changed_in_this_session_apply_at_once(
+    stack: Stack, db: str, conn: Conn, private_nats: NatsServer, nats_side: NatsSide
+) -> None:
+    """DDL on the server or a user mapping drops the session's cached settings (event
+    trigger) and tells the worker at commit: no reload, no waiting."""
+    on_private_nats = nats_side.subscribe(private_nats.url, "now.>")
+    conn.execute("SELECT nats_publish_text('now.before', '1')")
+    with psycopg.connect(stack.postgres.dsn(db), autocommit=True) as listener:
+        listener.execute("LISTEN pgnats")
+        conn.execute(f"ALTER SERVER nats_server OPTIONS (SET nats_url '{private_nats.url}')")
+        conn.execute("SELECT nats_publish_text('now.after', '2')")
+        assert on_private_nats.next(timeout=2).data == b"2"
+        conn.execute("CREATE USER MAPPING FOR CURRENT_USER SERVER nats_server")
+        payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+    assert payloads == ["reload", "reload"]
+
+
 def test_changed_settings_are_noticed_without_reload(
     stack: Stack, db: str, conn: Conn, private_nats: NatsServer, nats_side: NatsSide
 ) -> None:

@@ -103,6 +103,10 @@ class ConnectSettings:
             (self.tls_ca_path, self.tls_cert_path, self.tls_key_path)
         )
 
+    @property
+    def has_credentials(self) -> bool:
+        return any((self.user, self.token, self.creds_path, self.nkey_seed_path))
+
     def describe(self) -> str:
         """The servers, for log lines and error messages (never credentials)."""
         return ",".join(self.servers)

@@ -73,6 +73,20 @@ def open_connection(
     )
 
 
+def _auth_hint(settings: ConnectSettings) -> str:
+    if settings.has_credentials:
+        return (
+            "check the user mapping's options for this role "
+            "(user/password, token, creds_path or nkey_seed_path)"
+        )
+    # PostgreSQL hides a mapping's options from roles that may not use them.
+    return (
+        "no credentials were sent: this role has no user mapping whose options it can read. "
+        "Create one FOR CURRENT_USER and GRANT USAGE ON FOREIGN SERVER to the role; the "
+        "options of a mapping FOR PUBLIC are visible only to members of the server's owner"
+    )
+
+
 class _Opener:
     """Connecting to one endpoint: TCP, the server's INFO, TLS, CONNECT and the first PONG,
     all before one deadline."""
@@ -270,8 +284,7 @@ class _Opener:
             if _is_auth_error(message):
                 raise ConnectFailed(
                     f"authentication failed ({message})",
-                    hint="check the user mapping's options for this role "
-                    "(user/password, token, creds_path or nkey_seed_path)",
+                    hint=_auth_hint(self.settings),
                     sqlstate=SQLSTATE_AUTH_FAILED,
                 ) from None
             raise ConnectFailed(f"the server refused the connection ({message})") from None
