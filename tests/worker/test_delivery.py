@@ -74,6 +74,29 @@ def test_several_callbacks_on_one_subject_all_run(
     assert messages(conn, "first_log") == messages(conn, "second_log") == ["one", "two", "three"]
 
 
+def test_overlapping_subscriptions_each_get_every_message(
+    conn: Conn, nats_url: str, worker: WorkerProcess
+) -> None:
+    """A message matching several subscriptions of one database (ov.* and ov.a, and >)
+    reaches all of them: the queue groups that keep a reload from processing a message
+    twice must not also split messages between different subscriptions."""
+    make_log_table(conn, "star_cb", "star_log")
+    make_log_table(conn, "exact_cb", "exact_log")
+    make_log_table(conn, "all_cb", "all_log")
+    conn.execute("SELECT nats_subscribe('ov.*', 'star_cb'::regproc)")
+    conn.execute("SELECT nats_subscribe('ov.a', 'exact_cb'::regproc)")
+    conn.execute("SELECT nats_subscribe('ov.>', 'all_cb'::regproc)")
+    for subject in ("ov.*", "ov.a", "ov.>"):
+        wait_subscribed(conn, subject)
+    sent = [f"m{number}" for number in range(20)]
+    publish(nats_url, "ov.a", sent)
+    for table in ("star_log", "exact_log", "all_log"):
+        wait_value(conn, f"SELECT count(*) FROM {table}", 20)
+        assert messages(conn, table) == sent
+    queue_groups = scalar(conn, "SELECT nats_queue_group FROM pgnats.worker_status")
+    assert str(queue_groups).startswith("pgnats.")
+
+
 def test_wildcards(conn: Conn, nats_url: str, worker: WorkerProcess) -> None:
     make_log_table(conn, "created_cb", "created_log")
     make_log_table(conn, "logs_cb", "logs_log")

@@ -16,6 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 from pgnats_worker.handover import PROBE_TIMEOUT
+from pgnats_worker.nats_link import queue_for
 
 from devstack.nats import NatsServer
 from devstack.ports import free_port
@@ -205,7 +206,10 @@ def test_two_databases_each_get_every_message_in_queue_groups_of_their_own(
                 conn, "SELECT nats_queue_group FROM pgnats.worker_status", expected_groups[-1]
             )
     assert expected_groups[0] != expected_groups[1]
-    assert queue_groups(http_port, "shared.subject") == sorted(expected_groups)
+    # The server sees one group per database and subscribed subject (pgnats_worker.nats_link).
+    assert queue_groups(http_port, "shared.subject") == sorted(
+        queue_for(prefix, "shared.subject") for prefix in expected_groups
+    )
     publish(server.url, "shared.subject", sent)
     for name in names:
         with admin_connect(stack, name) as conn:

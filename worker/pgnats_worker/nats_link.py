@@ -1,8 +1,11 @@
 """One database's connection to NATS and its subscriptions.
 
-Every subscription joins the database's queue group (see catalog.QUEUE_GROUP_QUERY), so
-that while a new connection takes over from an old one (handover.py) each message reaches
-one of the two, never both, and never neither.
+Every subscription joins a queue group of its own: the database's prefix (see
+catalog.QUEUE_GROUP_QUERY) plus a digest of the subscribed subject. While a new connection
+takes over from an old one (handover.py), each message reaches one of the two, never both,
+and never neither. The subject is part of the name because NATS gives a message to only one
+member of a queue group: one group for the whole database would split the messages of
+overlapping subscriptions (ov.* and ov.a) between them.
 
 nats-py reconnects by itself, forever (max_reconnect_attempts=-1), and sends the
 subscriptions again after each reconnect. The first connection is retried too: nats.connect
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -230,7 +234,9 @@ class NatsLink:
             for subject in sorted(wanted - set(self._subscriptions)):
                 try:
                     self._subscriptions[subject] = await client.subscribe(
-                        subject, queue=self.queue_group, cb=self._handler(subject)
+                        subject,
+                        queue=queue_for(self.queue_group, subject),
+                        cb=self._handler(subject),
                     )
                 except Exception as exc:  # a row written around the checks, say
                     log_event(
@@ -372,3 +378,8 @@ class NatsLink:
 
     async def _on_closed(self) -> None:
         log_event(logging.INFO, "NATS connection closed", database=self.database)
+
+
+def queue_for(prefix: str, subject: str) -> str:
+    """The queue group of one subscribed subject (wildcards are not allowed in the name)."""
+    return f"{prefix}.{hashlib.sha256(subject.encode()).hexdigest()[:16]}"
