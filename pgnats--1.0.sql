@@ -1,8 +1,11 @@
 -- pgnats 1.0: NATS for PostgreSQL.
 -- The public functions are created in the extension's schema (the current schema, usually
--- public); internal objects live in the schema pgnats. Every PL/Python body is two lines:
+-- public); internal objects live in the schema pgnats. Every PL/Python body is short:
 -- load the Python package once per session, then call the function of the same name in
 -- pgnats.backend.api (extension/pgnats/backend/api.py).
+-- The functions that talk to NATS are SQL wrappers (inlined by the planner) around a
+-- PL/Python function that also gets current_user: PL/Python cannot see the current role
+-- cheaply, and a session's NATS credentials must follow it (SET ROLE, SECURITY DEFINER).
 
 \echo Use "CREATE EXTENSION pgnats" to load this file. \quit
 
@@ -122,11 +125,16 @@ CREATE TYPE pgnats.server_info AS (
     ws_connect_urls jsonb
 );
 
-CREATE FUNCTION nats_get_server_info() RETURNS pgnats.server_info
+CREATE FUNCTION pgnats._nats_get_server_info(role name) RETURNS pgnats.server_info
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_server_info()
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_server_info()
 $$;
+
+CREATE FUNCTION nats_get_server_info() RETURNS pgnats.server_info
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_server_info(current_user) $$;
 
 CREATE FUNCTION pgnats_reload_conf() RETURNS void
 LANGUAGE plpython3u AS $$
@@ -145,154 +153,274 @@ $$;
 -- Core NATS: publish and request
 ----------------------------------------------------------------------------------------------
 
-CREATE FUNCTION nats_publish_binary(subject text, payload bytea, reply text DEFAULT NULL, headers jsonb DEFAULT NULL) RETURNS void
+CREATE FUNCTION pgnats._nats_publish_binary(subject text, payload bytea, reply text, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_binary(subject, payload, reply, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_binary(subject, payload, reply, headers)
+$$;
+
+CREATE FUNCTION nats_publish_binary(subject text, payload bytea, reply text DEFAULT NULL, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_binary(subject, payload, reply, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_text(subject text, payload text, reply text, headers jsonb, role name) RETURNS void
+LANGUAGE plpython3u AS $$
+if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_text(subject, payload, reply, headers)
 $$;
 
 CREATE FUNCTION nats_publish_text(subject text, payload text, reply text DEFAULT NULL, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_text(subject, payload, reply, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_json(subject text, payload json, reply text, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_text(subject, payload, reply, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_json(subject, payload, reply, headers)
 $$;
 
 CREATE FUNCTION nats_publish_json(subject text, payload json, reply text DEFAULT NULL, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_json(subject, payload, reply, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_jsonb(subject text, payload jsonb, reply text, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_json(subject, payload, reply, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_jsonb(subject, payload, reply, headers)
 $$;
 
 CREATE FUNCTION nats_publish_jsonb(subject text, payload jsonb, reply text DEFAULT NULL, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_jsonb(subject, payload, reply, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_request_binary(subject text, payload bytea, timeout integer, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_jsonb(subject, payload, reply, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_request_binary(subject, payload, timeout)
 $$;
 
 CREATE FUNCTION nats_request_binary(subject text, payload bytea, timeout integer DEFAULT NULL) RETURNS bytea
+LANGUAGE sql AS $$ SELECT pgnats._nats_request_binary(subject, payload, timeout, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_request_text(subject text, payload text, timeout integer, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_request_binary(subject, payload, timeout)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_request_text(subject, payload, timeout)
 $$;
 
 CREATE FUNCTION nats_request_text(subject text, payload text, timeout integer DEFAULT NULL) RETURNS bytea
+LANGUAGE sql AS $$ SELECT pgnats._nats_request_text(subject, payload, timeout, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_request_json(subject text, payload json, timeout integer, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_request_text(subject, payload, timeout)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_request_json(subject, payload, timeout)
 $$;
 
 CREATE FUNCTION nats_request_json(subject text, payload json, timeout integer DEFAULT NULL) RETURNS bytea
+LANGUAGE sql AS $$ SELECT pgnats._nats_request_json(subject, payload, timeout, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_request_jsonb(subject text, payload jsonb, timeout integer, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_request_json(subject, payload, timeout)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_request_jsonb(subject, payload, timeout)
 $$;
 
 CREATE FUNCTION nats_request_jsonb(subject text, payload jsonb, timeout integer DEFAULT NULL) RETURNS bytea
-LANGUAGE plpython3u AS $$
-if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_request_jsonb(subject, payload, timeout)
-$$;
+LANGUAGE sql AS $$ SELECT pgnats._nats_request_jsonb(subject, payload, timeout, current_user) $$;
 
 
 ----------------------------------------------------------------------------------------------
 -- JetStream: stream publish, key-value, object store
 ----------------------------------------------------------------------------------------------
 
-CREATE FUNCTION nats_publish_binary_stream(subject text, payload bytea, headers jsonb DEFAULT NULL) RETURNS void
+CREATE FUNCTION pgnats._nats_publish_binary_stream(subject text, payload bytea, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_binary_stream(subject, payload, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_binary_stream(subject, payload, headers)
+$$;
+
+CREATE FUNCTION nats_publish_binary_stream(subject text, payload bytea, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_binary_stream(subject, payload, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_text_stream(subject text, payload text, headers jsonb, role name) RETURNS void
+LANGUAGE plpython3u AS $$
+if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_text_stream(subject, payload, headers)
 $$;
 
 CREATE FUNCTION nats_publish_text_stream(subject text, payload text, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_text_stream(subject, payload, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_json_stream(subject text, payload json, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_text_stream(subject, payload, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_json_stream(subject, payload, headers)
 $$;
 
 CREATE FUNCTION nats_publish_json_stream(subject text, payload json, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_json_stream(subject, payload, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_publish_jsonb_stream(subject text, payload jsonb, headers jsonb, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_json_stream(subject, payload, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_publish_jsonb_stream(subject, payload, headers)
 $$;
 
 CREATE FUNCTION nats_publish_jsonb_stream(subject text, payload jsonb, headers jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_publish_jsonb_stream(subject, payload, headers, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_put_binary(bucket text, key text, data bytea, role name) RETURNS bigint
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_publish_jsonb_stream(subject, payload, headers)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_put_binary(bucket, key, data)
 $$;
 
 CREATE FUNCTION nats_put_binary(bucket text, key text, data bytea) RETURNS bigint
+LANGUAGE sql AS $$ SELECT pgnats._nats_put_binary(bucket, key, data, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_put_text(bucket text, key text, data text, role name) RETURNS bigint
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_put_binary(bucket, key, data)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_put_text(bucket, key, data)
 $$;
 
 CREATE FUNCTION nats_put_text(bucket text, key text, data text) RETURNS bigint
+LANGUAGE sql AS $$ SELECT pgnats._nats_put_text(bucket, key, data, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_put_json(bucket text, key text, data json, role name) RETURNS bigint
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_put_text(bucket, key, data)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_put_json(bucket, key, data)
 $$;
 
 CREATE FUNCTION nats_put_json(bucket text, key text, data json) RETURNS bigint
+LANGUAGE sql AS $$ SELECT pgnats._nats_put_json(bucket, key, data, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_put_jsonb(bucket text, key text, data jsonb, role name) RETURNS bigint
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_put_json(bucket, key, data)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_put_jsonb(bucket, key, data)
 $$;
 
 CREATE FUNCTION nats_put_jsonb(bucket text, key text, data jsonb) RETURNS bigint
+LANGUAGE sql AS $$ SELECT pgnats._nats_put_jsonb(bucket, key, data, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_binary(bucket text, key text, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_put_jsonb(bucket, key, data)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_binary(bucket, key)
 $$;
 
 CREATE FUNCTION nats_get_binary(bucket text, key text) RETURNS bytea
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_binary(bucket, key, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_text(bucket text, key text, role name) RETURNS text
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_binary(bucket, key)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_text(bucket, key)
 $$;
 
 CREATE FUNCTION nats_get_text(bucket text, key text) RETURNS text
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_text(bucket, key, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_json(bucket text, key text, role name) RETURNS json
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_text(bucket, key)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_json(bucket, key)
 $$;
 
 CREATE FUNCTION nats_get_json(bucket text, key text) RETURNS json
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_json(bucket, key, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_jsonb(bucket text, key text, role name) RETURNS jsonb
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_json(bucket, key)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_jsonb(bucket, key)
 $$;
 
 CREATE FUNCTION nats_get_jsonb(bucket text, key text) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_jsonb(bucket, key, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_delete_value(bucket text, key text, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_jsonb(bucket, key)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_delete_value(bucket, key)
 $$;
 
 CREATE FUNCTION nats_delete_value(bucket text, key text) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_delete_value(bucket, key, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_put_file(store text, name text, content bytea, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_delete_value(bucket, key)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_put_file(store, name, content)
 $$;
 
 CREATE FUNCTION nats_put_file(store text, name text, content bytea) RETURNS void
+LANGUAGE sql AS $$ SELECT pgnats._nats_put_file(store, name, content, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_file(store text, name text, role name) RETURNS bytea
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_put_file(store, name, content)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_file(store, name)
 $$;
 
 CREATE FUNCTION nats_get_file(store text, name text) RETURNS bytea
+LANGUAGE sql AS $$ SELECT pgnats._nats_get_file(store, name, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_delete_file(store text, name text, role name) RETURNS void
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_file(store, name)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_delete_file(store, name)
 $$;
 
 CREATE FUNCTION nats_delete_file(store text, name text) RETURNS void
-LANGUAGE plpython3u AS $$
-if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_delete_file(store, name)
-$$;
+LANGUAGE sql AS $$ SELECT pgnats._nats_delete_file(store, name, current_user) $$;
 
 CREATE TYPE pgnats.file_info AS (
     name text,
@@ -309,17 +437,27 @@ CREATE TYPE pgnats.file_info AS (
     deleted boolean
 );
 
-CREATE FUNCTION nats_get_file_info(store text, name text) RETURNS SETOF pgnats.file_info
+CREATE FUNCTION pgnats._nats_get_file_info(store text, name text, role name) RETURNS SETOF pgnats.file_info
 LANGUAGE plpython3u AS $$
 if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_file_info(store, name)
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_file_info(store, name)
+$$;
+
+CREATE FUNCTION nats_get_file_info(store text, name text) RETURNS SETOF pgnats.file_info
+LANGUAGE sql AS $$ SELECT * FROM pgnats._nats_get_file_info(store, name, current_user) $$;
+
+CREATE FUNCTION pgnats._nats_get_file_list(store text, role name) RETURNS SETOF pgnats.file_info
+LANGUAGE plpython3u AS $$
+if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
+api = GD['pgnats']
+api.act_as(role)
+return api.nats_get_file_list(store)
 $$;
 
 CREATE FUNCTION nats_get_file_list(store text) RETURNS SETOF pgnats.file_info
-LANGUAGE plpython3u AS $$
-if 'pgnats' not in GD: plpy.execute('SELECT pgnats._load_python()')
-return GD['pgnats'].nats_get_file_list(store)
-$$;
+LANGUAGE sql AS $$ SELECT * FROM pgnats._nats_get_file_list(store, current_user) $$;
 
 
 ----------------------------------------------------------------------------------------------

@@ -441,3 +441,68 @@ def test_each_role_uses_its_own_user_mapping(
             for role in roles.values():
                 admin.execute(f"DROP OWNED BY {role}")
                 admin.execute(f"DROP ROLE {role}")
+
+
+# -- the current role decides the credentials ---------------------------------------------
+
+
+@pytest.fixture
+def token_db(
+    stack: Stack, make_database: MakeDatabase, make_server: MakeServer
+) -> Iterator[tuple[str, NatsServer, str]]:
+    """A database whose NATS wants a token that only the superuser's mapping has, a role
+    with no mapping, and a SECURITY DEFINER function publishing as the superuser."""
+    server = make_server('authorization { token: "t0ken" }')
+    db = make_database(nats_url=server.url)
+    role = f"pgnats_carol_{os.getpid()}"
+    with admin_connect(stack, db) as admin:
+        map_user(admin, "token 't0ken'")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(
+            "CREATE FUNCTION publish_as_owner(message text) RETURNS void LANGUAGE sql "
+            "SECURITY DEFINER AS $$ SELECT nats_publish_text('auth.owner', message) $$"
+        )
+        admin.execute(f"GRANT EXECUTE ON FUNCTION publish_as_owner(text) TO {role}")
+        try:
+            yield db, server, role
+        finally:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_set_role_uses_the_new_roles_credentials(
+    stack: Stack, token_db: tuple[str, NatsServer, str], nats_side: NatsSide
+) -> None:
+    db, server, role = token_db
+    received = nats_side.subscribe(server.url, "auth.>", token="t0ken")
+    with admin_connect(stack, db) as conn:
+        conn.execute("SELECT nats_publish_text('auth.admin', 'as admin')")
+        assert received.next().data == b"as admin"
+        conn.execute(f"SET ROLE {role}")
+        with pytest.raises(psycopg.Error, match="authentication failed") as excinfo:
+            conn.execute("SELECT nats_publish_text('auth.carol', 'not with the admin token')")
+        assert excinfo.value.sqlstate == "28000"
+        conn.execute("RESET ROLE")
+        conn.execute("SELECT nats_publish_text('auth.admin', 'admin again')")
+        assert received.next().data == b"admin again"
+    received.assert_empty(0.2)
+
+
+def test_security_definer_credentials_stay_with_the_definer(
+    stack: Stack, token_db: tuple[str, NatsServer, str], nats_side: NatsSide
+) -> None:
+    db, server, role = token_db
+    received = nats_side.subscribe(server.url, "auth.>", token="t0ken")
+    with psycopg.connect(stack.postgres.dsn(db, user=role), autocommit=True) as carol:
+        carol.execute("SELECT publish_as_owner('through the definer')")
+        assert received.next().data == b"through the definer"
+        with pytest.raises(psycopg.Error, match="authentication failed"):
+            carol.execute("SELECT nats_publish_text('auth.carol', 'directly')")
+        # The internal function checks the role it is told against the real one.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="current role is"):
+            carol.execute(
+                "SELECT pgnats._nats_publish_text('auth.forged', 'x', NULL, NULL, 'postgres')"
+            )
+        carol.execute("SELECT publish_as_owner('still fine')")
+        assert received.next().data == b"still fine"
+    received.assert_empty(0.2)

@@ -6,6 +6,7 @@ are re-exported here, so this file is the index of the SQL interface.
 
 from __future__ import annotations
 
+from pgnats.backend import session
 from pgnats.backend.core_api import (
     nats_get_server_info,
     nats_publish_binary,
@@ -37,6 +38,7 @@ from pgnats.backend.object_store_api import (
     nats_put_file,
 )
 from pgnats.backend.reload_api import pgnats_reload_conf, pgnats_reload_conf_force
+from pgnats.backend.sql_errors import sql_function
 from pgnats.backend.stream_api import (
     nats_publish_binary_stream,
     nats_publish_json_stream,
@@ -49,7 +51,11 @@ from pgnats.backend.subscriptions_api import (
     validate_subscription,
 )
 
+# Every call that talks to NATS starts here, with the caller's current_user (session.py).
+act_as = sql_function(session.act_as)
+
 __all__ = [
+    "act_as",
     "fdw_validator",
     "nats_delete_file",
     "nats_delete_value",
