@@ -138,6 +138,7 @@ class PostgresCluster:
             ),
             check=True,
             stdout=subprocess.DEVNULL,
+            cwd="/",  # the postgres OS user may not be allowed into ours
         )
         conf = {
             "port": str(self.port),
@@ -167,6 +168,7 @@ class PostgresCluster:
             ),
             check=True,
             stdout=subprocess.DEVNULL,
+            cwd="/",  # the postgres OS user may not be allowed into ours
         )
 
     def start(self) -> None:
