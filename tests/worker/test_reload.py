@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import nats
@@ -28,6 +29,7 @@ from tests.worker.conftest import (
     Conn,
     StartWorker,
     make_log_table,
+    messages,
     publish,
     scalar,
     wait_subscribed,
@@ -152,6 +154,28 @@ def test_guide_troubleshooting_publish_right_after_a_forced_reload(
         time.sleep(0.1)
     publish(nats_url, "demo.messages", ["6"])
     assert_each_committed_once(conn, 6)
+
+
+def handed_over(worker: WorkerProcess, times: int) -> bool:
+    return worker.log_text().count(HANDED_OVER) >= times
+
+
+def test_a_catch_all_subscription_never_sees_the_workers_probes(
+    stack: Stack, make_database: MakeDatabase, private_nats: NatsServer, worker: WorkerProcess
+) -> None:
+    """Handovers publish probes to _INBOX subjects; a callback subscribed to > (on a NATS of
+    this test's own, so that only the test's messages travel there) gets only real ones."""
+    with admin_connect(stack, make_database(nats_url=private_nats.url)) as conn:
+        make_log_table(conn)
+        conn.execute("SELECT nats_subscribe('>', 'log_message'::regproc)")
+        wait_subscribed(conn, ">")
+        for number in range(1, 4):
+            conn.execute("SELECT pgnats_reload_conf_force()")
+            wait_until(partial(handed_over, worker, number), what="handover")
+            publish(private_nats.url, "real.message", [str(number)])
+        wait_value(conn, "SELECT count(*) FROM message_log", 3)
+        time.sleep(0.3)  # time for a stray probe to arrive
+        assert messages(conn) == ["1", "2", "3"]
 
 
 # -- queue groups -----------------------------------------------------------------------

@@ -50,6 +50,9 @@ DRAIN_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 # How often a probe (see receives_from) is published again while it has not arrived.
 PROBE_RETRY = 0.05
+# The last token of a probe's subject (_INBOX.<nuid>.pgnats-probe): a user's subscription
+# to > or _INBOX.> also sees probes, and they are not messages for its callback.
+PROBE_SUFFIX = ".pgnats-probe"
 
 T = TypeVar("T")
 
@@ -307,7 +310,7 @@ class NatsLink:
             client = self._client
             if client is None or not client.is_connected:
                 return None
-            subject = self._probe_subject = client.new_inbox()
+            subject = self._probe_subject = client.new_inbox() + PROBE_SUFFIX
             try:
                 self._probe = await client.subscribe(subject, cb=on_probe)
             except Exception:
@@ -334,6 +337,8 @@ class NatsLink:
 
     def _handler(self, subscribed: str) -> Callable[[Msg], Any]:
         async def handle(msg: Msg) -> None:
+            if msg.subject.endswith(PROBE_SUFFIX) and msg.subject.startswith("_INBOX."):
+                return
             with self._inbox_lock:
                 self._inbox.append((subscribed, msg.subject, msg.data))
                 first = len(self._inbox) == 1
